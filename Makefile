@@ -27,7 +27,7 @@ typecheck: install
 	$(BIN)/mypy pipelines models training
 
 test: lint typecheck
-	$(BIN)/python -m pytest -m "unit or integration or slow" tests
+	$(BIN)/python -m pytest tests
 
 test-fast: install
 	$(BIN)/python -m pytest -m unit tests

@@ -1,0 +1,1 @@
+"""avtime pipelines: decode, ingest, pretext sampling, augmentation, streams, synthetic corpus."""

@@ -1,0 +1,1 @@
+"""avtime training: configs, the Ray Train loop, MLflow tracking, evaluation and the CLI."""

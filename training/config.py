@@ -1,0 +1,158 @@
+"""The run config: data, model, loss, optimiser and trainer configs composed, plus named presets.
+
+Presets are plain functions built with `dataclasses.replace`; YAML files and `--set a.b=c`
+overrides go through `training.configlib`, which names the bad key and the valid choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from models.config import LossConfig, ModelConfig
+from pipelines.config import AugmentConfig, DataConfig, PretextConfig, StreamConfig
+from training.configlib import ConfigError, apply_overrides, load_yaml
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """Optimiser and schedule."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    accum_steps: int = 1  # gradient accumulation micro-steps per optimiser step
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0; weight_decay and grad_clip must be >= 0")
+        if self.warmup_steps < 0 or self.accum_steps < 1:
+            raise ValueError("warmup_steps must be >= 0 and accum_steps >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Ray Train scaling, length, checkpointing and fault tolerance."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional, so Ray Data keeps CPUs on small machines
+    steps: int = 1000  # optimiser steps
+    log_every: int = 10
+    checkpoint_every: int = 200
+    max_failures: int = 2
+    storage_path: str = ""  # local path or s3://...; "" = <workdir>/checkpoints
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1 or self.steps < 1 or self.log_every < 1:
+            raise ValueError("num_workers, steps and log_every must be >= 1")
+        if self.checkpoint_every < 1 or self.max_failures < -1 or self.cpus_per_worker <= 0:
+            raise ValueError("checkpoint_every >= 1, max_failures >= -1, cpus_per_worker > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything one training run needs."""
+
+    preset: str = "custom"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def paper() -> RunConfig:
+    """R(2+1)D-18 + ResNet-18 audio, 16x112^2 clips, speeds 1/2/4/8, all losses, multi-GPU."""
+    return RunConfig(
+        preset="paper",
+        data=DataConfig(
+            pretext=PretextConfig(clip_frames=16, speeds=(1, 2, 4, 8), audio_seconds=0.64),
+            augment=AugmentConfig(crop_size=112),
+            stream=StreamConfig(batch_size=32, cpus_per_task=1.0, rows_per_task=8),
+        ),
+        model=ModelConfig(video_arch="r2plus1d_18", audio_arch="resnet18", embed_dim=128),
+        loss=LossConfig(temperature=0.1, queue_size=8192, knn_k=5),
+        optim=OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=2000),
+        train=TrainConfig(
+            num_workers=8, use_gpu=True, cpus_per_worker=4.0, steps=200_000,
+            log_every=50, checkpoint_every=5000, max_failures=3,
+        ),
+    )
+
+
+def demo() -> RunConfig:
+    """Tiny encoders, small clips: learns on 2 CPUs in about 10 minutes."""
+    return RunConfig(
+        preset="demo",
+        data=DataConfig(
+            pretext=PretextConfig(clip_frames=8, speeds=(1, 2, 4, 8), audio_seconds=0.64),
+            augment=AugmentConfig(crop_size=64, color_jitter=0.2),
+            stream=StreamConfig(batch_size=16, cpus_per_task=0.5, rows_per_task=4),
+        ),
+        model=ModelConfig(
+            video_arch="tiny", audio_arch="tiny", tiny_width=32, frame_diff=True,
+            embed_dim=64, proj_hidden=128, head_hidden=128, n_mels=40,
+        ),
+        loss=LossConfig(temperature=0.1, queue_size=1024, knn_k=3),
+        optim=OptimConfig(lr=2e-3, warmup_steps=50),
+        train=TrainConfig(
+            num_workers=1, cpus_per_worker=1.0, steps=1200, log_every=10, checkpoint_every=200
+        ),
+    )
+
+
+def smoke() -> RunConfig:
+    """A few steps on 2 CPU workers, for tests."""
+    base = demo()
+    return replace(
+        base,
+        preset="smoke",
+        data=replace(
+            base.data,
+            pretext=replace(base.data.pretext, clip_frames=4),
+            augment=replace(base.data.augment, crop_size=32),
+            stream=replace(base.data.stream, batch_size=4, rows_per_task=2),
+        ),
+        model=replace(base.model, tiny_width=8, embed_dim=16, proj_hidden=32, head_hidden=32),
+        loss=replace(base.loss, queue_size=64, knn_k=2),
+        optim=replace(base.optim, warmup_steps=2),
+        train=replace(
+            base.train, num_workers=2, cpus_per_worker=0.5, steps=6, log_every=1,
+            checkpoint_every=3,
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"paper": paper, "demo": demo, "smoke": smoke}
+
+
+def load_run_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """A preset name or a YAML file, then `a.b=c` overrides in order.
+
+    A YAML file may name a base preset with a top-level `preset:` key; its other keys override
+    that preset's values.
+    """
+    if name_or_path in PRESETS:
+        cfg = PRESETS[name_or_path]()
+    elif name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        import yaml
+
+        raw = yaml.safe_load(path.read_text()) or {}
+        base_name = raw.get("preset") if isinstance(raw, dict) else None
+        base = PRESETS[base_name]() if base_name in PRESETS else RunConfig()
+        cfg = load_yaml(RunConfig, path, base=base)
+    else:
+        raise ConfigError(
+            f"config {name_or_path!r} is neither a preset {sorted(PRESETS)} nor a .yaml file"
+        )
+    return apply_overrides(cfg, list(overrides))
