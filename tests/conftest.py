@@ -1,0 +1,50 @@
+"""Shared fixtures: one real S3 (SeaweedFS) and one MLflow server per test session, and a local
+Ray cluster per test module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import MlflowServer, S3Server, start_mlflow, start_s3
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 endpoint on 127.0.0.1 (started once per session)."""
+    server = start_s3(Path(tmp_path_factory.mktemp("seaweedfs")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """Point the standard AWS environment variables at the test S3 server."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` over HTTP on 127.0.0.1 (started once per session)."""
+    server = start_mlflow(Path(tmp_path_factory.mktemp("mlflow")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A local Ray cluster for one test module: 4 logical CPUs, token auth off."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
