@@ -81,8 +81,13 @@ def paper() -> RunConfig:
         loss=LossConfig(temperature=0.1, queue_size=8192, knn_k=5),
         optim=OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=2000),
         train=TrainConfig(
-            num_workers=8, use_gpu=True, cpus_per_worker=4.0, steps=200_000,
-            log_every=50, checkpoint_every=5000, max_failures=3,
+            num_workers=8,
+            use_gpu=True,
+            cpus_per_worker=4.0,
+            steps=200_000,
+            log_every=50,
+            checkpoint_every=5000,
+            max_failures=3,
         ),
     )
 
@@ -97,8 +102,14 @@ def demo() -> RunConfig:
             stream=StreamConfig(batch_size=16, cpus_per_task=0.5, rows_per_task=4),
         ),
         model=ModelConfig(
-            video_arch="tiny", audio_arch="tiny", tiny_width=32, frame_diff=True,
-            embed_dim=64, proj_hidden=128, head_hidden=128, n_mels=40,
+            video_arch="tiny",
+            audio_arch="tiny",
+            tiny_width=32,
+            frame_diff=True,
+            embed_dim=64,
+            proj_hidden=128,
+            head_hidden=128,
+            n_mels=40,
         ),
         loss=LossConfig(temperature=0.1, queue_size=1024, knn_k=3),
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
@@ -124,7 +135,11 @@ def smoke() -> RunConfig:
         loss=replace(base.loss, queue_size=64, knn_k=2),
         optim=replace(base.optim, warmup_steps=2),
         train=replace(
-            base.train, num_workers=2, cpus_per_worker=0.5, steps=6, log_every=1,
+            base.train,
+            num_workers=2,
+            cpus_per_worker=0.5,
+            steps=6,
+            log_every=1,
             checkpoint_every=3,
         ),
     )
