@@ -1,0 +1,399 @@
+"""`avtime submit`: run an avtime command on a Ray cluster as a Ray Job.
+
+The job spec is built here from plain options, so it can be printed (`--dry-run`) and tested
+without a cluster:
+- entrypoint: the avtime command line itself, checked with avtime's own parser. When secrets are
+  forwarded it is wrapped as `avtime submit --exec -- <command>` (see `training.jobenv`).
+- runtime_env: the project as `working_dir` (with `excludes`), optionally its pip requirements
+  (`--pip`) or a container image (`--image`), and the non-secret settings as `env_vars`
+  (MLflow tracking URI, S3 endpoint, region).
+- secrets (`--env NAME`): read from the caller's environment, shipped in a private package, never
+  in `env_vars`, job metadata, the printed spec or the logs.
+
+Talking to the cluster (`connect`, `submit`, `follow`) uses the Ray Jobs SDK with an explicit
+`Authorization: Bearer` header when a Ray token is available.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as _random
+import shlex
+import tempfile
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from training import jobenv
+
+MASK = "***"
+PLAIN_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+DEFAULT_EXCLUDES = (
+    ".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
+    ".ruff_cache", "*.egg-info", "build", "dist", "data", "demo_out", "mlruns", "mlartifacts",
+    "*.db", "checkpoints", "*.mp4", "*.parquet", "*.pt", "*.ckpt",
+)  # fmt: skip
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class SubmitError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmitOptions:
+    """What `avtime submit` was asked to do (already parsed from the command line)."""
+
+    address: str | None
+    command: Sequence[str]
+    env_names: Sequence[str] = ()
+    working_dir: Path | None = None
+    excludes: Sequence[str] = ()
+    pip: bool = False
+    image: str | None = None
+    mlflow_uri: str | None = None
+    s3_endpoint: str | None = None
+    submission_id: str | None = None
+    entrypoint_num_cpus: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """A Ray job, ready to submit. `secret_names` are resolved from the environment at submit."""
+
+    address: str
+    command: tuple[str, ...]
+    entrypoint: str
+    submission_id: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    secret_names: tuple[str, ...] = ()
+    entrypoint_num_cpus: float | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+
+def project_root() -> Path | None:
+    """The avtime source tree this code runs from, if it is a checkout (has pyproject.toml)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def normalize_address(address: str | None, environ: Mapping[str, str]) -> str:
+    """The dashboard URL (`http://host:8265`) from `--address` or RAY_API_SERVER_ADDRESS."""
+    value = address or environ.get("RAY_API_SERVER_ADDRESS") or ""
+    if not value and environ.get("RAY_ADDRESS", "").startswith(("http://", "https://")):
+        value = environ["RAY_ADDRESS"]
+    if not value:
+        raise SubmitError(
+            "no cluster address: pass --address http://HEAD:8265 (the Ray dashboard), "
+            "or set RAY_API_SERVER_ADDRESS"
+        )
+    if value.startswith("ray://"):
+        raise SubmitError(
+            f"--address {value}: use the Ray dashboard's HTTP address (http://HEAD:8265) for "
+            "job submission, not the ray:// client address"
+        )
+    if "://" not in value:
+        value = f"http://{value}"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SubmitError(f"--address {value}: expected http(s)://HOST:PORT")
+    return value.rstrip("/")
+
+
+def validate_command(command: Sequence[str]) -> tuple[str, ...]:
+    """Check that `command` is a valid avtime command line (parsed by avtime's own parser)."""
+    cmd = tuple(command)
+    if cmd and cmd[0] != "--":
+        raise SubmitError(
+            f"put `--` before the avtime command: avtime submit [options] -- {shlex.join(cmd)}"
+        )
+    cmd = cmd[1:]
+    if not cmd:
+        raise SubmitError(
+            "no command: put the avtime command after `--`, e.g. "
+            "avtime submit --address http://HEAD:8265 -- avtime train --config smoke"
+        )
+    if cmd[0] != "avtime":
+        raise SubmitError(
+            f"the command after `--` must start with `avtime`, got {shlex.join(cmd)!r}"
+        )
+    if len(cmd) < 2 or cmd[1].startswith("-"):
+        raise SubmitError("name the avtime subcommand to run, e.g. `-- avtime train ...`")
+    if cmd[1] == "submit":
+        raise SubmitError("a submitted job cannot itself run `avtime submit`")
+    check_avtime_args(cmd[1:])
+    return cmd
+
+
+def check_avtime_args(args: Sequence[str]) -> None:
+    """Parse `args` with `training.cli.build_parser()`; raise SubmitError if it rejects them."""
+    import contextlib
+    import io
+
+    from training.cli import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(list(args))
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            last = err.getvalue().strip().splitlines()[-1:] or ["invalid arguments"]
+            msg = f"`avtime {shlex.join(args)}` is not a valid command: {last[0]}"
+            raise SubmitError(msg) from None
+
+
+def _secret_uri(uri: str) -> bool:
+    """True when a URI carries a password (user:password@host)."""
+    try:
+        return bool(urlsplit(uri).password)
+    except ValueError:
+        return False
+
+
+def split_env(
+    opts: SubmitOptions, environ: Mapping[str, str]
+) -> tuple[dict[str, str], tuple[str, ...], list[str]]:
+    """(plain env_vars, secret names, warnings) for the job."""
+    plain = {k: environ[k] for k in PLAIN_ENV if environ.get(k)}
+    if opts.mlflow_uri:
+        plain["MLFLOW_TRACKING_URI"] = opts.mlflow_uri
+    if opts.s3_endpoint:
+        plain["AWS_ENDPOINT_URL"] = opts.s3_endpoint
+    names: list[str] = []
+    for name in opts.env_names:
+        if not name or "=" in name or not name.replace("_", "").isalnum():
+            raise SubmitError(
+                f"--env {name!r}: give the NAME of a variable in your environment (no =VALUE)"
+            )
+        if name not in environ:
+            raise SubmitError(f"--env {name}: not set in your environment; export it first")
+        if name not in names:
+            names.append(name)
+    uri = plain.get("MLFLOW_TRACKING_URI", "")
+    if _secret_uri(uri):  # a password in the URI makes the whole URI a secret
+        plain.pop("MLFLOW_TRACKING_URI")
+        if "MLFLOW_TRACKING_URI" not in names:
+            if opts.mlflow_uri:
+                raise SubmitError(
+                    "--mlflow-uri carries a password: put it in MLFLOW_TRACKING_URI (or use "
+                    "MLFLOW_TRACKING_USERNAME/PASSWORD) and forward it with --env"
+                )
+            names.append("MLFLOW_TRACKING_URI")
+    for name in names:
+        plain.pop(name, None)
+    return plain, tuple(names), _tracking_warnings(uri)
+
+
+def _tracking_warnings(uri: str) -> list[str]:
+    if not uri:
+        return [
+            "no MLFLOW_TRACKING_URI: the job logs to a sqlite file inside its working dir on "
+            "the cluster, which disappears with the cluster; pass --mlflow-uri http://HOST:5000"
+        ]
+    if not uri.startswith(("http://", "https://", "databricks")):
+        return [f"MLFLOW_TRACKING_URI {uri!r} is a path on the cluster's nodes, not this machine"]
+    return []
+
+
+def pip_requirements(root: Path) -> list[str]:
+    """The `[project] dependencies` of the project's pyproject.toml."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        raise SubmitError(f"--pip: {path} does not exist; pass --working-dir PROJECT")
+    deps = tomllib.loads(path.read_text()).get("project", {}).get("dependencies", [])
+    return [str(d) for d in deps]
+
+
+def build_runtime_env(opts: SubmitOptions, plain_env: Mapping[str, str]) -> dict[str, Any]:
+    """The runtime_env, without the secrets package (added at submit time)."""
+    if opts.pip and opts.image:
+        raise SubmitError("--pip and --image exclude each other: an image carries its packages")
+    env: dict[str, Any] = {}
+    if opts.working_dir is not None:
+        if not opts.working_dir.is_dir():
+            raise SubmitError(f"--working-dir {opts.working_dir}: not a directory")
+        env["working_dir"] = str(opts.working_dir)
+        env["excludes"] = [*DEFAULT_EXCLUDES, *opts.excludes]
+    if opts.pip:
+        env["pip"] = pip_requirements(opts.working_dir or project_root() or Path.cwd())
+    if opts.image:
+        env["image_uri"] = opts.image
+    if plain_env:
+        env["env_vars"] = dict(plain_env)
+    return env
+
+
+def build_spec(opts: SubmitOptions, environ: Mapping[str, str]) -> JobSpec:
+    """Check the options and turn them into a JobSpec; raise SubmitError on bad input."""
+    address = normalize_address(opts.address, environ)
+    command = validate_command(opts.command)
+    plain, secret_names, warnings = split_env(opts, environ)
+    runtime_env = build_runtime_env(opts, plain)
+    entrypoint = shlex.join(command)
+    if secret_names:
+        entrypoint = shlex.join(("avtime", "submit", "--exec", "--", *command))
+        runtime_env["worker_process_setup_hook"] = jobenv.SETUP_HOOK
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    submission_id = opts.submission_id or f"avtime-{command[1]}-{stamp}-{_random.token_hex(3)}"
+    metadata = {"avtime.command": command[1], "avtime.submitted_by": _user(environ)}
+    return JobSpec(
+        address=address,
+        command=command,
+        entrypoint=entrypoint,
+        submission_id=submission_id,
+        runtime_env=runtime_env,
+        metadata=metadata,
+        secret_names=secret_names,
+        entrypoint_num_cpus=opts.entrypoint_num_cpus,
+        warnings=tuple(warnings),
+    )
+
+
+def _user(environ: Mapping[str, str]) -> str:
+    import getpass
+
+    try:
+        return environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def render_spec(spec: JobSpec) -> str:
+    """The job spec as JSON, as it will be submitted; secret values are never included."""
+    runtime_env = dict(spec.runtime_env)
+    if spec.secret_names:
+        runtime_env["py_modules"] = [f"<private package {jobenv.PACKAGE}: secrets by name>"]
+    doc: dict[str, Any] = {
+        "address": spec.address,
+        "submission_id": spec.submission_id,
+        "entrypoint": spec.entrypoint,
+        "runtime_env": runtime_env,
+        "metadata": spec.metadata,
+        "secrets": {name: MASK for name in spec.secret_names},
+    }
+    if spec.entrypoint_num_cpus is not None:
+        doc["entrypoint_num_cpus"] = spec.entrypoint_num_cpus
+    return json.dumps(doc, indent=2)
+
+
+def auth_token(environ: Mapping[str, str]) -> str | None:
+    """The Ray auth token, in Ray's order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    token = environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path_value = environ.get("RAY_AUTH_TOKEN_PATH")
+    if path_value:
+        path = Path(path_value).expanduser()
+        if not path.is_file():
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path}: no such file")
+        return path.read_text().strip() or None
+    default = Path(environ.get("HOME", str(Path.home()))) / ".ray" / "auth_token"
+    if not default.is_file():
+        return None
+    return default.read_text().strip() or None
+
+
+def auth_headers(environ: Mapping[str, str]) -> dict[str, str]:
+    """`Authorization: Bearer <token>` when a Ray token is available, else {}."""
+    token = auth_token(environ)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def connect(address: str, environ: Mapping[str, str]) -> Any:
+    """A JobSubmissionClient for `address`; connection and auth problems become SubmitError."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    headers = auth_headers(environ)
+    try:
+        return JobSubmissionClient(address, headers=headers or None)
+    except AuthenticationError as exc:
+        raise SubmitError(auth_message(address, str(exc), bool(headers))) from None
+    except ConnectionError:
+        raise SubmitError(
+            f"cannot reach the Ray dashboard at {address}: is the cluster up, and is its "
+            "dashboard port forwarded here (kubectl port-forward svc/<cluster>-head-svc 8265, "
+            "or ray dashboard infra/aws/cluster.yaml)?"
+        ) from None
+
+
+def auth_message(address: str, detail: str, sent_token: bool) -> str:
+    """A one-line explanation of a 401/403 from the cluster (never includes the token)."""
+    if "Forbidden" in detail or "invalid" in detail.lower() or sent_token:
+        return (
+            f"authentication failed: the Ray cluster at {address} rejected the token "
+            "(403 Forbidden). Set RAY_AUTH_TOKEN to this cluster's token (on the head: "
+            "`ray get-auth-token`; KubeRay: the cluster's auth Secret)"
+        )
+    return (
+        f"authentication required: the Ray cluster at {address} uses token auth and no token "
+        "was found. export RAY_AUTH_TOKEN=<token> (on the head: `ray get-auth-token`)"
+    )
+
+
+def submit(client: Any, spec: JobSpec, environ: Mapping[str, str]) -> str:
+    """Submit `spec`; the secrets package lives in a private temp dir only until it is uploaded."""
+    from ray.exceptions import AuthenticationError
+
+    values = {name: environ[name] for name in spec.secret_names}
+    with tempfile.TemporaryDirectory(prefix="avtime-submit-") as tmp:
+        runtime_env = dict(spec.runtime_env)
+        if values:
+            runtime_env["py_modules"] = [str(jobenv.write_package(Path(tmp), values))]
+        try:
+            return str(
+                client.submit_job(
+                    entrypoint=spec.entrypoint,
+                    submission_id=spec.submission_id,
+                    runtime_env=runtime_env,
+                    metadata=spec.metadata,
+                    entrypoint_num_cpus=spec.entrypoint_num_cpus,
+                )
+            )
+        except AuthenticationError as exc:
+            raise SubmitError(auth_message(spec.address, str(exc), True)) from None
+        except RuntimeError as exc:
+            raise SubmitError(f"the cluster refused the job: {_redact(str(exc), values)}") from None
+
+
+def _redact(text: str, values: Mapping[str, str]) -> str:
+    for value in values.values():
+        if value:
+            text = text.replace(value, MASK)
+    return text
+
+
+def follow(client: Any, job_id: str, out: TextIO, poll_s: float = 1.0) -> int:
+    """Stream the job's logs to `out` until it ends; return 0 if it succeeded, else non-zero."""
+    import asyncio
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError as exc:  # the log stream closed early; the job may still be running
+        out.write(f"[avtime submit] log stream ended early ({exc}); waiting for the job\n")
+    status = str(client.get_job_status(job_id))
+    while status.split(".")[-1] not in TERMINAL:
+        time.sleep(poll_s)
+        status = str(client.get_job_status(job_id))
+    return exit_code(client.get_job_info(job_id))
+
+
+def exit_code(info: Any) -> int:
+    """0 for SUCCEEDED; the driver's exit code (or 1) for FAILED or STOPPED."""
+    status = str(getattr(info, "status", "")).split(".")[-1]
+    if status == "SUCCEEDED":
+        return 0
+    code = getattr(info, "driver_exit_code", None)
+    return code if isinstance(code, int) and code != 0 else 1
