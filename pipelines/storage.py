@@ -1,0 +1,242 @@
+"""URIs on local disk or S3, behind one small API.
+
+`s3://bucket/key` goes through s3fs, configured only from the standard AWS environment variables
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, and
+`AWS_SESSION_TOKEN` when set). Connects time out after a few seconds and transient errors are
+retried a bounded number of times, so a dead endpoint fails fast with a `StorageError` that says
+what to check. Credentials never appear in messages. Anything else is a local path.
+
+Writes are atomic: `write_bytes` and `put_file` make a file visible only once it is complete
+(local: a temp file in the same folder, then rename; S3: a single PUT or a completed multipart
+upload, which S3 publishes atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 60.0
+S3_MAX_ATTEMPTS = 4  # botocore attempts per request ("standard" retry mode: backoff + jitter)
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+class StorageError(RuntimeError):
+    """A storage location cannot be reached, read or written. The message says what to check."""
+
+
+def is_s3(uri: str) -> bool:
+    """True for `s3://...` URIs."""
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or an s3:// URI with '/'."""
+    out = base.rstrip("/") if is_s3(base) else str(base).rstrip(os.sep) or os.sep
+    for p in parts:
+        out = f"{out}/{p.strip('/')}" if is_s3(base) else os.path.join(out, p)
+    return out
+
+
+def s3_path(uri: str) -> str:
+    """`bucket/key` of an s3:// URI (what s3fs calls a path)."""
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise StorageError(f"{uri!r} names no bucket; expected s3://bucket/prefix")
+    return f"{parsed.netloc}{parsed.path}".rstrip("/")
+
+
+def endpoint_url() -> str:
+    """The S3 endpoint from AWS_ENDPOINT_URL, or AWS's regional endpoint."""
+    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if url:
+        return url.rstrip("/")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return f"https://s3.{region}.amazonaws.com"
+
+
+def s3_filesystem() -> Any:
+    """An s3fs filesystem from the standard AWS env vars, with short timeouts and retries."""
+    import s3fs
+
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return s3fs.S3FileSystem(
+        key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+        secret=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        token=os.environ.get("AWS_SESSION_TOKEN") or None,
+        endpoint_url=endpoint_url(),
+        client_kwargs={"region_name": region},
+        config_kwargs={
+            "connect_timeout": S3_CONNECT_TIMEOUT_S,
+            "read_timeout": S3_READ_TIMEOUT_S,
+            "retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+        },
+        retries=3,
+        use_listings_cache=False,
+        skip_instance_cache=True,
+    )
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for a local path or s3:// URI."""
+    if is_s3(uri):
+        return s3_filesystem(), s3_path(uri)
+    import fsspec
+
+    return fsspec.filesystem("file"), str(Path(uri).expanduser().absolute())
+
+
+def arrow_filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow.fs.FileSystem, path) for pyarrow/Ray readers; S3 goes through s3fs."""
+    import pyarrow.fs as pafs
+
+    if is_s3(uri):
+        return pafs.PyFileSystem(pafs.FSSpecHandler(s3_filesystem())), s3_path(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def check_endpoint(timeout_s: float = S3_CONNECT_TIMEOUT_S) -> None:
+    """Raise StorageError at once if the S3 endpoint's TCP port does not answer."""
+    url = endpoint_url()
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise StorageError(
+            f"cannot connect to the S3 endpoint {url} ({exc.__class__.__name__}: {exc}); "
+            "check AWS_ENDPOINT_URL and that the server is up"
+        ) from None
+
+
+def check_location(uri: str, *, must_exist: bool) -> None:
+    """Fail fast, with a clear message, if `uri` cannot be used (dead endpoint, no bucket...)."""
+    if not is_s3(uri):
+        if must_exist and not Path(uri).exists():
+            raise StorageError(f"{uri} does not exist")
+        return
+    check_endpoint()
+    fs, path = filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.ls(bucket, detail=False)
+        if must_exist and not fs.exists(path):
+            raise StorageError(f"{uri} does not exist")
+    except StorageError:
+        raise
+    except FileNotFoundError:
+        raise StorageError(f"bucket s3://{bucket} does not exist; create it first") from None
+    except PermissionError as exc:
+        raise StorageError(
+            f"access to s3://{bucket} was refused ({_short(exc)}); "
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        ) from None
+    except Exception as exc:
+        raise StorageError(f"S3 request for {uri} failed: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{exc.__class__.__name__}: {exc}"
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def exists(uri: str) -> bool:
+    """True if the file exists."""
+    fs, path = filesystem(uri)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str) -> bytes:
+    """Whole file contents."""
+    fs, path = filesystem(uri)
+    data: bytes = fs.cat_file(path)
+    return data
+
+
+def list_files(uri: str, recursive: bool = True) -> list[str]:
+    """Files under a folder/prefix as URIs of the same kind (sorted); [] if it does not exist."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    found = fs.find(path) if recursive else fs.ls(path, detail=False)
+    out = []
+    for p in found:
+        p = str(p)
+        if is_s3(uri):
+            out.append(f"s3://{p}")
+        elif os.path.isfile(p):
+            out.append(p)
+    return sorted(out)
+
+
+def file_size(uri: str) -> int:
+    """Size in bytes."""
+    fs, path = filesystem(uri)
+    return int(fs.size(path))
+
+
+def makedirs(uri: str) -> None:
+    """Create a local folder (no-op on S3, which has no folders)."""
+    if not is_s3(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file atomically."""
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        fs.pipe_file(path, data)
+        return
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def put_file(local: str | Path, uri: str) -> None:
+    """Publish a finished local file at `uri` atomically (rename on local disk, upload on S3)."""
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        fs.put_file(str(local), path)
+        return
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(local, target)
+    except OSError:  # another device: copy next to the target, then rename
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, target)
+
+
+def get_file(uri: str, local: str | Path) -> None:
+    """Copy `uri` to the local path `local`."""
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        fs.get_file(path, str(local))
+    else:
+        shutil.copyfile(uri, local)
+
+
+def remove(uri: str) -> None:
+    """Delete a file if it exists."""
+    fs, path = filesystem(uri)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def local_scratch(prefix: str = "avtime-") -> str:
+    """A fresh local temp folder (caller removes it)."""
+    return tempfile.mkdtemp(prefix=prefix)
