@@ -1,0 +1,161 @@
+"""Turn a segment row and a pretext plan into the arrays of one example.
+
+`make_example(row, cfg, rng, key)` is the whole sampler: plan (pipelines.pretext), then decode only
+the JPEG frames the two video clips show (Pillow, with `Image.draft` for a cheap downscaled DCT
+decode when the crop is much larger than the output), crop/flip/jitter (pipelines.augment), and
+cut, speed up and reverse the two audio clips from the PCM s16le bytes.
+
+A row is a mapping with the columns of docs/CONTRACTS.md section 1 (frames as a sequence of
+encoded images, audio as bytes or None).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipelines.augment import VideoAug, apply_color, augment_audio, draw_video_aug
+from pipelines.config import DataConfig
+from pipelines.pretext import (
+    ClipPlan,
+    ExamplePlan,
+    Geometry,
+    SpeedTable,
+    plan_example,
+    segment_geometry,
+    speed_table,
+)
+
+DEFAULT_SAMPLE_RATE = 16000  # used for audio-less rows that store sample_rate 0
+Example = dict[str, np.ndarray]
+
+
+def row_geometry(
+    row: Mapping[str, Any], cfg: DataConfig, sample_rate: int = DEFAULT_SAMPLE_RATE
+) -> tuple[Geometry, SpeedTable]:
+    """Geometry and speed table of a segment row (metadata columns only)."""
+    sr = int(row["sample_rate"]) if int(row["sample_rate"] or 0) > 0 else sample_rate
+    has_audio = row.get("audio") is not None and int(row["num_samples"]) > 0
+    geom = segment_geometry(
+        num_frames=int(row["num_frames"]),
+        fps=float(row["fps"]),
+        sample_rate=sr,
+        num_samples=int(row["num_samples"]) if has_audio else 0,
+        cfg=cfg.pretext,
+    )
+    return geom, speed_table(geom, cfg.pretext.speeds, cfg.pretext.short_segment_rule)
+
+
+def decode_clip(
+    frames: Sequence[bytes], indices: np.ndarray, aug: VideoAug, size: int
+) -> np.ndarray:
+    """Decode `frames[indices]`, crop `aug.box`, resize to size x size, jitter and flip.
+
+    Returns uint8 [T, S, S, 3]. JPEG frames are decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`)
+    when the crop box stays at least `size` pixels wide at that scale.
+    """
+    left, top, right, bottom = aug.box
+    reduce = 1
+    while reduce < 8 and min(right - left, bottom - top) >= 2 * reduce * size:
+        reduce *= 2
+    out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    for k, i in enumerate(indices):
+        im: Image.Image = Image.open(io.BytesIO(frames[int(i)]))
+        full_w, full_h = im.size
+        if reduce > 1:
+            im.draft("RGB", (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
+        sx, sy = im.size[0] / full_w, im.size[1] / full_h
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        box = (left * sx, top * sy, right * sx, bottom * sy)
+        im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        out[k] = np.asarray(im)
+    out = apply_color(out, aug)
+    return out[:, :, ::-1] if aug.flip else out
+
+
+def cut_audio(pcm: np.ndarray | None, clip: ClipPlan, audio_len: int) -> np.ndarray:
+    """The audio clip after its temporal transform, float32 [L] in [-1, 1].
+
+    Reads `audio_speed * L` stored samples from `audio_start`, averages each run of `audio_speed`
+    samples (a tape played `audio_speed` times faster, box-filtered against aliasing) and flips it
+    when reversed. `pcm` is the row's int16 samples, or None for a row without audio (zeros).
+    """
+    if pcm is None:
+        return np.zeros(audio_len, dtype=np.float32)
+    n = clip.audio_speed * audio_len
+    seg = pcm[clip.audio_start : clip.audio_start + n].astype(np.float32) * np.float32(1 / 32768)
+    if clip.audio_speed > 1:
+        seg = seg.reshape(audio_len, clip.audio_speed).mean(axis=1, dtype=np.float32)
+    return seg[::-1].copy() if clip.audio_reverse else seg
+
+
+def plan_arrays(row: Mapping[str, Any], geom: Geometry, plan: ExamplePlan) -> Example:
+    """Labels and source times of a plan (no pixels): the `label_*`, `video_t`, `audio_span`,
+    `audio_speed`, `audio_reverse` and `video_speed` arrays of one example."""
+    c1, c2 = plan.clips
+    fps = Fraction(geom.fps_num, geom.fps_den)
+    start = Fraction(float(row["start_s"]))
+    video_t = np.array(
+        [[float(start + int(i) / fps) for i in c.frame_indices(geom.clip_frames)] for c in (c1, c2)]
+    )
+    span = [
+        [float(start + Fraction(a, geom.sample_rate)) for a in (c.audio_start, c.audio_end(geom))]
+        for c in (c1, c2)
+    ]
+    return {
+        "video_t": video_t,
+        "audio_span": np.array(span, dtype=np.float64),
+        "video_speed": np.array([c1.video_speed, c2.video_speed], dtype=np.int64),
+        "audio_speed": np.array([c1.audio_speed, c2.audio_speed], dtype=np.int64),
+        "audio_reverse": np.array([c1.audio_reverse, c2.audio_reverse], dtype=np.int64),
+        "label_video_speed": np.array(plan.speed_class_video, dtype=np.int64),
+        "label_audio_speed": np.array(plan.speed_class_audio, dtype=np.int64),
+        "label_video_reverse": np.array([c1.video_reverse, c2.video_reverse], dtype=np.int64),
+        "label_audio_reverse": np.array([c1.audio_reverse, c2.audio_reverse], dtype=np.int64),
+        "label_video_order": np.array(plan.video_order, dtype=np.int64),
+        "label_audio_order": np.array(plan.audio_order, dtype=np.int64),
+        "label_av_order": np.array(plan.av_order, dtype=np.int64),
+    }
+
+
+def make_example(
+    row: Mapping[str, Any],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    *,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+) -> Example | None:
+    """One pretext example from one segment row, or None when the segment is skipped.
+
+    Returns `video` uint8 [2, T, S, S, 3] (playback order), `audio` float32 [2, L], `has_audio`
+    float32 [], and the arrays of `plan_arrays`.
+    """
+    geom, table = row_geometry(row, cfg, sample_rate)
+    if table.status == "skipped":
+        return None
+    plan = plan_example(geom, table, rng)
+    width, height = int(row["width"]), int(row["height"])
+    augs = [draw_video_aug(cfg.augment, width, height, rng) for _ in range(2)]
+    frames = row["frames"]
+    size = cfg.augment.crop_size
+    video = np.stack(
+        [
+            decode_clip(frames, c.frame_indices(geom.clip_frames), aug, size)
+            for c, aug in zip(plan.clips, augs)
+        ]
+    )
+    has_audio = row.get("audio") is not None and int(row["num_samples"]) > 0
+    pcm = np.frombuffer(row["audio"], dtype="<i2") if has_audio else None
+    audio = np.stack([cut_audio(pcm, c, geom.audio_len) for c in plan.clips])
+    if has_audio:
+        audio = np.stack([augment_audio(a, cfg.augment, rng) for a in audio])
+    out = plan_arrays(row, geom, plan)
+    out.update(video=video, audio=audio, has_audio=np.array(float(has_audio), dtype=np.float32))
+    return out
