@@ -41,7 +41,10 @@ class ProgressBar:
         filled = int(round(width * frac))
         rate = self.count / elapsed
         eta = (self.total - self.count) / rate if rate > 0 else float("nan")
-        eta_s = f"eta {eta:.0f}s" if self.count < self.total else f"{elapsed:.1f}s"
+        if self.count >= self.total:
+            eta_s = f"{elapsed:.1f}s"
+        else:
+            eta_s = f"eta {eta:.0f}s" if rate > 0 else "eta ?"
         bar = "#" * filled + "." * (width - filled)
         head = f"{self.label} " if self.label else ""
         return f"{head}[{bar}] {self.count}/{self.total} {rate:.2f} {self.unit}/s {eta_s}"

@@ -59,6 +59,8 @@ IMPACT_REF = 3.0  # an impact at this speed has strength 1
 RING_LIFE = 0.6
 DUST_LIFE = 0.8
 POOF_LIFE = 0.7
+RING_COLOR = np.array([245.0, 245.0, 240.0], np.float32)
+SMOKE_COLOR = np.array([200.0, 200.0, 205.0], np.float32)
 
 Launch = Literal["drop", "throw", "slide", "lob"]
 
@@ -387,7 +389,6 @@ def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name:
         "sky_bottom": sky_bottom.tolist(),
         "ground": ground.tolist(),
         "props": props,
-        "ring": [245.0, 245.0, 240.0],
         "dust": np.clip(ground + 90, 0, 255).tolist(),
     }
     duration = plan.duration_s
@@ -476,9 +477,7 @@ class _Renderer:
         self.effects = eff
         self.eff_t0 = np.array([e[0] for e in eff])
         self.eff_life = np.array([e[1] for e in eff])
-        self.ring = np.asarray(plan.palette["ring"], np.float32)
         self.dust = np.asarray(plan.palette["dust"], np.float32)
-        self.smoke = np.asarray([200.0, 200.0, 205.0], np.float32)
 
     def px(self, x: float, y: float) -> tuple[float, float]:
         return x * self.scale, self.plan.floor_px - y * self.scale
@@ -488,76 +487,70 @@ class _Renderer:
             yield self.frame(i)
 
     def frame(self, i: int) -> np.ndarray:
+        """Frame i: background, dust and rings, shadows, objects, then smoke puffs on top."""
         plan = self.plan
         t = float(self.times[i])
         img = self.bg.copy()
         scene = img[: plan.floor_px]  # every effect and object stays above the floor line
-        w, h = plan.width, plan.floor_px
-        s = self.scale
         active = np.nonzero((self.eff_t0 <= t) & (t < self.eff_t0 + self.eff_life))[0]
-        late = []
         for k in active:
-            t0, life, kind, x, y, strength, extra = self.effects[k]
-            age = (t - t0) / life
-            if kind == "dust":
-                cx, cy = self.px(
-                    x + extra * (0.05 + 0.35 * age) * (0.5 + strength), 0.03 + 0.12 * age
-                )
-                sigma = s * (0.03 + 0.09 * age) * (0.6 + 0.6 * strength)
-                self._puff(scene, cx, cy, sigma, 0.75 * (1 - age) ** 1.5, self.dust, w, h)
-            else:
-                late.append(k)
-        for (visible, xs, ys), ep in zip(self.tracks, plan.episodes):
-            if not visible[i]:
-                continue
-            cx, cy = self.px(float(xs[i]), float(ys[i]))
-            height_above = max(float(ys[i]) - ep.obj.radius, 0.0)
-            rx = s * ep.obj.radius * (1.2 + 0.6 * height_above)
-            box = _box(cx, h - 1.0, rx, 0.3 * rx, w, h)
-            if box is not None:
-                x0, x1, y0, y1, bx, by = box
-                d = (bx / rx) ** 2 + (by / (0.3 * rx)) ** 2
-                alpha = np.clip(1.0 - d, 0, 1) * (0.45 / (1.0 + 3.0 * height_above))
-                _blend(scene, box, alpha, np.zeros(3, np.float32))
-        for (visible, xs, ys), ep in zip(self.tracks, plan.episodes):
-            if not visible[i]:
-                continue
-            cx, cy = self.px(float(xs[i]), float(ys[i]))
-            self._object(scene, cx, cy, s * ep.obj.radius, ep.obj, w, h)
-        for k in late:
-            t0, life, kind, x, y, strength, extra = self.effects[k]
-            age = (t - t0) / life
+            if self.effects[k][2] != "poof":
+                self._effect(scene, self.effects[k], t)
+        visible = [
+            (ep, float(xs[i]), float(ys[i]))
+            for (vis, xs, ys), ep in zip(self.tracks, plan.episodes)
+            if vis[i]
+        ]
+        for ep, x, y in visible:
+            self._shadow(scene, x, y, ep.obj.radius)
+        for ep, x, y in visible:
             cx, cy = self.px(x, y)
-            if kind == "ring":
-                radius = s * (extra + (0.12 + 0.4 * strength) * age**0.7)
-                width = s * (0.03 + 0.03 * strength) * (1.0 - 0.6 * age)
-                alpha = (0.35 + 0.6 * strength) * (1.0 - age) ** 1.5
-                self._ring(scene, cx, cy, radius, width, alpha, w, h)
-            else:  # poof: a ring of smoke puffs spreading out from the vanished object
-                r = s * extra
-                for j in range(6):
-                    ang = 2 * math.pi * j / 6 + 0.3
-                    dist = r * (0.3 + 2.2 * age**0.6)
-                    self._puff(
-                        scene,
-                        cx + dist * math.cos(ang),
-                        cy - dist * math.sin(ang) * 0.8,
-                        r * (0.5 + 1.0 * age),
-                        0.8 * (1 - age) ** 1.3,
-                        self.smoke,
-                        w,
-                        h,
-                    )
+            self._object(scene, cx, cy, self.scale * ep.obj.radius, ep.obj)
+        for k in active:
+            if self.effects[k][2] == "poof":
+                self._effect(scene, self.effects[k], t)
         out = np.clip(img, 0, 255).astype(np.uint8)
         if plan.ground_truth:
             gt.draw_frame_code(out, i)
         return out
 
+    def _effect(self, scene: np.ndarray, effect: tuple, t: float) -> None:  # type: ignore[type-arg]
+        """One impact ring, dust cloud or vanishing puff, `t - t0` seconds into its life."""
+        t0, life, kind, x, y, strength, extra = effect
+        age = (t - t0) / life
+        s = self.scale
+        if kind == "dust":  # a cloud that drifts sideways, rises, spreads and fades
+            cx, cy = self.px(x + extra * (0.05 + 0.35 * age) * (0.5 + strength), 0.03 + 0.12 * age)
+            sigma = s * (0.03 + 0.09 * age) * (0.6 + 0.6 * strength)
+            self._puff(scene, cx, cy, sigma, 0.75 * (1 - age) ** 1.5, self.dust)
+        elif kind == "ring":  # expands from the object's rim, thins and fades
+            cx, cy = self.px(x, y)
+            radius = s * (extra + (0.12 + 0.4 * strength) * age**0.7)
+            width = s * (0.05 + 0.04 * strength) * (1.0 - 0.6 * age)
+            alpha = (0.5 + 0.5 * strength) * (1.0 - age) ** 1.5
+            self._ring(scene, cx, cy, radius, width, alpha)
+        else:  # poof: six smoke puffs spreading out from where the object vanished
+            cx, cy = self.px(x, y)
+            r = s * extra
+            for j in range(6):
+                ang = 2 * math.pi * j / 6 + 0.3
+                dist = r * (0.3 + 2.2 * age**0.6)
+                px, py = cx + dist * math.cos(ang), cy - 0.8 * dist * math.sin(ang)
+                self._puff(scene, px, py, r * (0.5 + age), 0.8 * (1 - age) ** 1.3, SMOKE_COLOR)
+
+    def _shadow(self, scene: np.ndarray, x: float, y: float, radius: float) -> None:
+        """A soft elliptical shadow on the floor, wider and fainter the higher the object."""
+        above = max(y - radius, 0.0)
+        rx = self.scale * radius * (1.2 + 0.6 * above)
+        box = _box(x * self.scale, scene.shape[0] - 1.0, rx, 0.3 * rx, *scene.shape[1::-1])
+        if box is not None:
+            d = (box[4] / rx) ** 2 + (box[5] / (0.3 * rx)) ** 2
+            alpha = np.clip(1.0 - d, 0, 1) * (0.45 / (1.0 + 3.0 * above))
+            _blend(scene, box, alpha, np.zeros(3, np.float32))
+
     @staticmethod
-    def _object(
-        img: np.ndarray, cx: float, cy: float, r: float, obj: SceneObject, w: int, h: int
-    ) -> None:
-        box = _box(cx, cy, r, r, w, h)
+    def _object(img: np.ndarray, cx: float, cy: float, r: float, obj: SceneObject) -> None:
+        box = _box(cx, cy, r, r, *img.shape[1::-1])
         if box is None:
             return
         xs, ys = box[4], box[5]
@@ -572,37 +565,23 @@ class _Renderer:
 
     @staticmethod
     def _ring(
-        img: np.ndarray,
-        cx: float,
-        cy: float,
-        radius: float,
-        width: float,
-        alpha: float,
-        w: int,
-        h: int,
+        img: np.ndarray, cx: float, cy: float, radius: float, width: float, alpha: float
     ) -> None:
-        box = _box(cx, cy, radius + width, radius + width, w, h)
+        box = _box(cx, cy, radius + width, radius + width, *img.shape[1::-1])
         if box is None or alpha <= 0.01:
             return
         xs, ys = box[4], box[5]
         d = np.abs(np.sqrt(xs * xs + ys * ys) - radius) - 0.5 * width
         a = np.clip(0.5 - d, 0.0, 1.0) * alpha
-        _blend(img, box, a, np.asarray([245.0, 245.0, 240.0], np.float32))
+        _blend(img, box, a, RING_COLOR)
 
     @staticmethod
     def _puff(
-        img: np.ndarray,
-        cx: float,
-        cy: float,
-        sigma: float,
-        alpha: float,
-        color: np.ndarray,
-        w: int,
-        h: int,
+        img: np.ndarray, cx: float, cy: float, sigma: float, alpha: float, color: np.ndarray
     ) -> None:
         if alpha <= 0.01 or sigma <= 0.3:
             return
-        box = _box(cx, cy, 2.5 * sigma, 2.5 * sigma, w, h)
+        box = _box(cx, cy, 2.5 * sigma, 2.5 * sigma, *img.shape[1::-1])
         if box is None:
             return
         xs, ys = box[4], box[5]
