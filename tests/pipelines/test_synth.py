@@ -205,9 +205,9 @@ def test_physics_bounces_lose_energy_and_objects_slow_down() -> None:
             gaps = np.diff([e.t for e in impacts])
             assert all(b < a + 1e-9 for a, b in zip(gaps, gaps[1:]))
             saw_bounces |= len(impacts) >= 3
-            for t0, t1, speed, _x in ep.scrapes:
+            for t0, t1, _speed, _x in ep.scrapes:
                 saw_slide = True
-                vis, xs, _ = ep.positions(np.linspace(t0, t1 - 1e-6, 20))
+                _vis, xs, _ = ep.positions(np.linspace(t0, t1 - 1e-6, 20))
                 steps = np.abs(np.diff(xs))
                 assert np.all(np.diff(steps) <= 1e-9)  # friction only ever slows it down
     assert saw_slide and saw_bounces
