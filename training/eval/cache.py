@@ -1,0 +1,112 @@
+"""Decode evaluation datasets once, through the ingest job, into cached segment shards.
+
+The raw videos of a dataset go through the same decoder as training data (`avtime preprocess`,
+`pipelines.ingest.run_ingest`), from a CSV listing (uri, label, split) the adapter wrote. The
+shards land in `<cache>/<name>-<key>/shards`, where the key hashes the listed sources and the
+ingest settings, so every split and protocol of one dataset shares one decode, and a killed
+decode resumes. The cache is `--cache-dir`, else `AVTIME_EVAL_CACHE`, else `./eval_cache`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipelines import storage
+from pipelines.config import IngestConfig
+from pipelines.schema import MANIFEST_NAME, parse_manifest
+
+
+class _Item(Protocol):
+    @property
+    def source(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def split(self) -> str: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class CachedShards:
+    """Shards of one listing, and what the decode rejected."""
+
+    uri: str
+    rows: int
+    rejects: int
+    sources_with_rows: int
+
+
+def cache_root(arg: str | None = None) -> str:
+    """The cache folder: `arg`, else $AVTIME_EVAL_CACHE, else ./eval_cache (absolute)."""
+    root = arg or os.environ.get("AVTIME_EVAL_CACHE") or "eval_cache"
+    return root if storage.is_s3(root) else os.path.abspath(root)
+
+
+def cache_key(items: Sequence[_Item], cfg: IngestConfig) -> str:
+    """12 hex chars of sha1 over the sorted (source, label, split) rows and the ingest config."""
+    from training.configlib import to_dict
+
+    rows = sorted((it.source, it.label, it.split) for it in items)
+    blob = json.dumps({"rows": rows, "ingest": to_dict(cfg)}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def listing_csv(items: Sequence[_Item]) -> bytes:
+    """A listing `avtime preprocess` reads: uri,label,split."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["uri", "label", "split"])
+    for it in items:
+        writer.writerow([it.source, it.label, it.split])
+    return buf.getvalue().encode()
+
+
+def ensure_shards(
+    items: Sequence[_Item],
+    *,
+    name: str,
+    cache: str,
+    cfg: IngestConfig | None = None,
+    workers: int | None = None,
+) -> CachedShards:
+    """Shards for `items` under the cache, decoding only what is not cached yet."""
+    cfg = cfg or IngestConfig()
+    if not items:
+        raise ValueError(f"{name}: nothing to decode (the listing is empty)")
+    folder = storage.join(cache, f"{name}-{cache_key(items, cfg)}")
+    shards = storage.join(folder, "shards")
+    manifest = storage.join(shards, MANIFEST_NAME)
+    if not storage.exists(manifest):
+        from pipelines.ingest import run_ingest
+
+        listing = storage.join(folder, "listing.csv")
+        storage.makedirs(folder)
+        storage.write_bytes(listing, listing_csv(items))
+        print(f"eval: decoding {len(items)} files of {name} into {shards}", file=sys.stderr)
+        res = run_ingest(listing, shards, cfg, workers=workers)
+        print(res.summary_line(), file=sys.stderr)
+    counts = parse_manifest(storage.read_bytes(manifest)).get("counts", {})
+    out = CachedShards(
+        uri=shards,
+        rows=int(counts.get("rows", 0)),
+        rejects=int(counts.get("rejects", 0)),
+        sources_with_rows=int(counts.get("sources_with_rows", 0)),
+    )
+    if out.rows == 0:
+        raise ValueError(
+            f"{name}: no file of {len(items)} could be decoded (see {shards}/rejects.parquet)"
+        )
+    if out.rejects:
+        print(
+            f"eval: warning: {out.rejects} of {len(items)} files of {name} could not be decoded "
+            f"and are left out (see {shards}/rejects.parquet)",
+            file=sys.stderr,
+        )
+    return out

@@ -1,0 +1,103 @@
+"""Log evaluation results to MLflow, linked to the pretraining run.
+
+An eval is its own MLflow run, in the pretraining run's experiment, tagged
+`avtime.parent_run_id=<pretraining run>` and nested under it (`mlflow.parentRunId`), so the UI
+shows it under the training run and `avtime compare` shows its metrics as `eval:` columns of the
+training run's row. Without a parent (the random baseline, or a checkpoint whose run is not in
+this store) the eval run is top-level in the `avtime` experiment, tagged with what it evaluated.
+
+Metric names carry the dataset and protocol, so evaluations on several datasets do not collide
+in that row: `<dataset>[-split<S>].<protocol>[-<mode>].<metric>`, for example
+`ucf101-split1.action-linear.top1`, `folder.retrieval.R1`, `esc50.audio.fold_accuracy_3`,
+`vggsound.fingerprint.per_distortion.blur.mAP`. MLflow metric names may not contain '@', so
+`R@1` is logged as `R1`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from training import tracking
+
+PARENT_TAG = "avtime.parent_run_id"
+KIND_TAG = "avtime.kind"
+
+
+def metric_items(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten numeric results into MLflow-safe metric names (lists get _1.._n suffixes)."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        name = prefix + re.sub(r"[^0-9A-Za-z_./ -]", "", str(key).replace("@", ""))
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[name] = float(value)
+        elif isinstance(value, Mapping):
+            out.update(metric_items(value, f"{name}."))
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+            out.update({f"{name}_{i + 1}": float(v) for i, v in enumerate(value)})
+    return out
+
+
+def metric_prefix(protocol: str, dataset: str, split: int | None, mode: str | None) -> str:
+    """`<dataset>[-split<S>].<protocol>[-<mode>].` (see module docstring)."""
+    ds = f"{dataset}-split{split}" if split is not None else dataset
+    proto = f"{protocol}-{mode}" if mode else protocol
+    return f"{ds}.{proto}."
+
+
+def _parent_experiment(client: Any, parent: str | None) -> str | None:
+    if not parent:
+        return None
+    try:
+        return str(client.get_run(parent).info.experiment_id)
+    except Exception as exc:  # noqa: BLE001 - a moved checkpoint must not fail the eval
+        print(
+            f"eval: pretraining run {parent} is not in this MLflow store ({type(exc).__name__}); "
+            "logging an unlinked eval run",
+            file=sys.stderr,
+        )
+        return None
+
+
+def log_eval(
+    *,
+    protocol: str,
+    dataset: str,
+    params: Mapping[str, Any],
+    result: Mapping[str, Any],
+    parent_run_id: str | None,
+    prefix: str = "",
+    uri: str | None = None,
+) -> str:
+    """Create the eval run and log its params, `prefix`-ed metrics and linking tags."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    uri = uri or tracking.tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = _parent_experiment(client, parent_run_id)
+    linked = exp_id is not None
+    if exp_id is None:
+        exp_id = tracking.experiment_id(client, uri, tracking.DEFAULT_EXPERIMENT)
+    tags = {KIND_TAG: "eval", "avtime.protocol": protocol, "avtime.dataset": dataset}
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    if linked and parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=f"eval-{protocol}-{dataset}", tags=tags)
+    run_id = str(run.info.run_id)
+    metrics = metric_items(result, prefix)
+    now = int(time.time() * 1000)
+    items = sorted(tracking.safe_params(params).items())
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in items],
+    )
+    client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,127 @@
+"""Load the model to evaluate: a training checkpoint, or `random` (the random-init baseline).
+
+A checkpoint is a folder (local or s3://) written by `avtime train`: `state.pt` (the model state
+dict under "model"), `config.yaml` (the resolved RunConfig) and `meta.json` (step and MLflow run
+id). A training run's folder holding `step_XXXXXXXX/` checkpoints is accepted too: the newest
+complete one is used. `random` builds the same model from a preset (or YAML) config with a
+seeded random init, so both go through the same evaluation code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from models.av import AVModel
+from training import checkpoint as ckpt
+from training.config import RunConfig, load_run_config
+from training.configlib import ConfigError, from_dict
+
+RANDOM = "random"
+
+
+@dataclass
+class LoadedModel:
+    """The model in eval mode, its run config and where it came from."""
+
+    model: AVModel
+    cfg: RunConfig
+    checkpoint: str  # the URI given, or "random"
+    parent_run_id: str | None  # the pretraining MLflow run (None for random)
+    step: int | None  # optimiser steps of the checkpoint
+
+
+def build_model(cfg: RunConfig, seed: int = 0) -> AVModel:
+    """A freshly initialised AVModel for `cfg` (seeded, eval mode)."""
+    torch.manual_seed(seed)
+    model = AVModel(cfg.model, len(cfg.data.pretext.speeds), loss_cfg=cfg.loss)
+    return model.eval()
+
+
+def config_from_yaml_text(text: str) -> RunConfig:
+    """The RunConfig stored in a checkpoint's config.yaml."""
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("checkpoint config.yaml is not a mapping")
+    return from_dict(RunConfig, raw)
+
+
+def _resolve_folder(folder: Path) -> Path:
+    """`folder` itself if it is a checkpoint, else its newest complete `step_*` child."""
+    if (folder / ckpt.META_FILE).is_file():
+        return folder
+    steps = sorted(
+        (p for p in folder.glob(f"{ckpt.DIR_PREFIX}*") if (p / ckpt.STATE_FILE).is_file()),
+        reverse=True,
+    )
+    if not steps:
+        raise FileNotFoundError(
+            f"{folder} is not an avtime checkpoint (no {ckpt.META_FILE}) and holds no "
+            f"{ckpt.DIR_PREFIX}* checkpoints; pass a folder written by `avtime train` or 'random'"
+        )
+    return steps[0]
+
+
+def _model_state(state: Any) -> dict[str, torch.Tensor]:
+    sd = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(sd, dict):
+        raise ValueError("checkpoint state.pt has no 'model' state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_model(
+    checkpoint: str, *, config: str = "demo", overrides: Sequence[str] = (), seed: int = 0
+) -> LoadedModel:
+    """The model for `checkpoint` (a folder/URI, or "random" with preset/YAML `config`)."""
+    if checkpoint == RANDOM:
+        cfg = load_run_config(config, overrides)
+        return LoadedModel(
+            model=build_model(cfg, seed), cfg=cfg, checkpoint=RANDOM, parent_run_id=None, step=None
+        )
+    local, tmp = _fetch(checkpoint)
+    try:
+        folder = _resolve_folder(local)
+        meta, state = ckpt.load(folder)
+        cfg = config_from_yaml_text(ckpt.read_config_yaml(folder))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    model = build_model(cfg, seed)
+    missing, unexpected = model.load_state_dict(_model_state(state), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {checkpoint} does not match its config's model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return LoadedModel(
+        model=model.eval(),
+        cfg=cfg,
+        checkpoint=checkpoint,
+        parent_run_id=meta.mlflow_run_id or None,
+        step=meta.step,
+    )
+
+
+def _fetch(uri: str) -> tuple[Path, Path | None]:
+    """A local copy of a checkpoint folder or run folder (S3 is downloaded to a temp dir)."""
+    if uri.startswith("s3://"):
+        return ckpt.fetch(uri)
+    path = Path(uri).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {uri} does not exist (or pass 'random')")
+    return path, None
+
+
+def model_state_bytes(model: AVModel) -> bytes:
+    """The model's state dict serialised with torch.save (to ship to Ray actors)."""
+    with tempfile.SpooledTemporaryFile() as f:
+        torch.save(model.state_dict(), f)
+        f.seek(0)
+        return f.read()
