@@ -152,8 +152,8 @@ class SegmentDecoder:
         end_s: float | None = None, timeout_s: float | None = None, threads: int = 0,
     ) -> None:  # fmt: skip
         self.path, self.cfg, self.threads = path, cfg, threads
-        self.range_start = Fraction(start_s or 0.0)
-        self.range_end = Fraction(end_s) if end_s is not None else None
+        self.range_start = Fraction(start_s or 0.0).limit_denominator(1_000_000)
+        self.range_end = None if end_s is None else Fraction(end_s).limit_denominator(1_000_000)
         self.deadline = time.monotonic() + (timeout_s if timeout_s else cfg.file_timeout_s)
         self.fps = Fraction(cfg.fps).limit_denominator(1_000_000)
         self.seg_frames = max(1, round(Fraction(cfg.segment_seconds) * self.fps))

@@ -44,6 +44,7 @@ class IngestResult:
     video_seconds: float = 0.0
     wall_s: float = 0.0
     skipped_inputs: int = 0  # done by an earlier run
+    run_video_seconds: float = 0.0  # decoded by this run
     not_media: int = 0  # files in SRC that were not listed for their extension
     shards: list[dict[str, Any]] = field(default_factory=list)
     reject_types: dict[str, int] = field(default_factory=dict)
@@ -54,15 +55,17 @@ class IngestResult:
 
     def summary_line(self) -> str:
         """One line: inputs, rows, rejects, seconds of video, throughput."""
-        rate = self.video_seconds / self.wall_s if self.wall_s > 0 else 0.0
+        wall = max(self.wall_s, 1e-9)
+        rate = self.run_video_seconds / wall
+        run_inputs = self.inputs - self.skipped_inputs
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.reject_types.items()))
         return (
             f"preprocess: {self.inputs} inputs -> {self.rows} rows from "
             f"{self.sources_with_rows} sources, {self.rejects} rejects"
             f"{f' ({kinds})' if kinds else ''}, {self.partial} partial, "
-            f"{self.skipped_inputs} already done; {self.video_seconds:.1f} s of video in "
-            f"{self.wall_s:.1f} s ({rate:.1f} s of video per s, "
-            f"{self.inputs / self.wall_s if self.wall_s > 0 else 0.0:.2f} inputs/s)"
+            f"{self.skipped_inputs} already done; {self.video_seconds:.1f} s of video; "
+            f"this run: {run_inputs} inputs, {self.run_video_seconds:.1f} s of video in "
+            f"{self.wall_s:.1f} s ({rate:.1f} s of video/s, {run_inputs / wall:.2f} inputs/s)"
         )
 
 
@@ -152,7 +155,8 @@ def _run_groups(
 
     ds: Any = ray.data.from_items(groups, override_num_blocks=len(groups))
     ds = ds.map_batches(
-        map_groups, batch_size=1, num_cpus=1, concurrency=workers,
+        map_groups, batch_size=1, num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=min(workers, len(groups))),
         fn_kwargs={"dst": dst, "cfg": config_dict(cfg), "threads": 1},
     )  # fmt: skip
     try:
@@ -230,11 +234,13 @@ def run_ingest(
     _clean_orphans(dst, markers)
     done = {o["key"] for m in markers for o in m["outcomes"]}
     pending = [it for it in items if it.key not in done]
+    fresh: list[dict[str, Any]] = []
     if pending:
         first = max((int(m["group"]) for m in markers), default=-1) + 1
         _init_ray(workers)
-        markers += _run_groups(_groups(pending, first, workers, cfg), dst, cfg, workers)
-    res = _finish(dst, cfg, items, markers)
+        fresh = _run_groups(_groups(pending, first, workers, cfg), dst, cfg, workers)
+    res = _finish(dst, cfg, items, markers + fresh)
+    res.run_video_seconds = sum(o["seconds"] for m in fresh for o in m["outcomes"])
     if not storage.is_s3(dst):
         shutil.rmtree(os.path.join(dst, TMP_DIR), ignore_errors=True)
     res.skipped_inputs = len(items) - len(pending)

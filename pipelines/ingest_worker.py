@@ -56,7 +56,8 @@ class ShardWriter:
 
     def add(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
-        if len(self.buffer) >= self.cfg.rows_per_row_group:
+        room = self.cfg.rows_per_shard - self.rows_in_shard
+        if len(self.buffer) >= min(self.cfg.rows_per_row_group, room):
             self._flush()
 
     def _flush(self) -> None:

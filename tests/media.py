@@ -218,8 +218,11 @@ def write_bytes_file(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def odd_corpus(folder: str | Path) -> dict[str, Path]:
-    """One file of every odd kind the ingest job must survive, keyed by a short name."""
+def odd_corpus(folder: str | Path, *, heavy: bool = True) -> dict[str, Path]:
+    """One file of every odd kind the ingest job must survive, keyed by a short name.
+
+    `heavy` adds a short 4K file and a 25 s file (3 segments at the default 10 s).
+    """
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     files = {
@@ -232,7 +235,8 @@ def odd_corpus(folder: str | Path) -> dict[str, Path]:
         "audio_only": write_media(d / "audio_only.mp4", Spec(video=False)),
         "vfr": write_media(d / "vfr.mkv", Spec(vfr=True)),
         "odd_dims": write_media(d / "odd_dims.mkv", Spec(width=161, height=97, pix_fmt="yuv444p")),
-        "rotated": write_media(d / "rotated.mp4", Spec(rotation=90, width=160, height=96)),
+        # a phone video: upright portrait, stored as landscape pictures plus a display matrix
+        "rotated": write_media(d / "rotated.mp4", Spec(rotation=90, width=96, height=160)),
         "surround": write_media(d / "surround.mp4", Spec(audio_layout="5.1", audio_rate=48000)),
         "audio_8k": write_media(d / "audio_8k.mp4", Spec(audio_rate=8000)),
         "late_audio": write_media(d / "late_audio.mp4", Spec(audio_start_s=0.5)),
@@ -244,4 +248,9 @@ def odd_corpus(folder: str | Path) -> dict[str, Path]:
         "zero_byte": write_bytes_file(d / "zero.mov", b""),
         "not_video": write_bytes_file(d / "not_video.mp4", b"this is not a video\n" * 50),
     }
+    if heavy:
+        files["uhd"] = write_media(d / "uhd.mp4", Spec(seconds=0.4, width=3840, height=2160))
+        files["long"] = write_media(
+            d / "long.mkv", Spec(seconds=25.0, fps=10, width=96, height=64, audio_rate=8000)
+        )
     return files
