@@ -49,7 +49,9 @@ class LogMel(nn.Module):
             logmel = torch.log(spec + 1e-6)
             mean = logmel.mean(dim=(1, 2), keepdim=True)
             std = logmel.std(dim=(1, 2), keepdim=True)
-            out = (logmel - mean) / (std + 1e-5)
+            # A constant spectrogram (silence) has std ~ 0: map it to exact zeros, not noise.
+            flat = std < 1e-4
+            out = torch.where(flat, torch.zeros_like(logmel), (logmel - mean) / std.clamp(min=1e-4))
         return out.unsqueeze(1)
 
 

@@ -84,37 +84,39 @@ def _layer(inplanes: int, planes: int, stride: int) -> nn.Module:
 
 
 class TinyVideoEncoder(nn.Module):
-    """A small R(2+1)D: a (2+1)D stem and three (2+1)D BasicBlocks; 4 * width features.
+    """A small R(2+1)D: a (2+1)D stem and four (2+1)D BasicBlocks, like `r2plus1d_18` with one
+    block per stage and narrow channels; 4 * width pooled features.
 
-    Layout for width w on a T x H x W clip: stem (1x7x7 spatial conv, stride 1x4x4, then a 3x1x1
-    temporal conv) to w/2 channels; blocks of w (stride 1x2x2, every frame kept), 2w and 4w
-    (stride 2 in time and space); global average pooling. Sized for CPU: 8 x 64 x 64 clips.
+    Width w, on a T x H x W clip: stem (1x7x7 spatial conv, stride 1x4x4, then a 3x1x1 temporal
+    conv) to w/2 channels at T x H/4 x W/4; block 1 (w/2, stride 1x2x2, so every frame is kept),
+    blocks 2-4 (w, 2w, 4w, stride 2 in time and space); global average pooling. Sized for CPU
+    training on 8 x 64 x 64 clips.
     """
 
     def __init__(self, width: int = 32, frame_diff: bool = False) -> None:
         super().__init__()
         self.input = VideoInput(frame_diff)
         half = max(width // 2, 4)
-        mid = max(width // 2, 4)
         self.stem = nn.Sequential(
-            nn.Conv3d(self.input.channels, mid, (1, 7, 7), (1, 4, 4), (0, 3, 3), bias=False),
-            nn.BatchNorm3d(mid),
+            nn.Conv3d(self.input.channels, half, (1, 7, 7), (1, 4, 4), (0, 3, 3), bias=False),
+            nn.BatchNorm3d(half),
             nn.ReLU(inplace=True),
-            nn.Conv3d(mid, half, (3, 1, 1), 1, (1, 0, 0), bias=False),
+            nn.Conv3d(half, half, (3, 1, 1), 1, (1, 0, 0), bias=False),
             nn.BatchNorm3d(half),
             nn.ReLU(inplace=True),
         )
-        self.layer1 = _spatial_block(half, width)
-        self.layer2 = _layer(width, 2 * width, 2)
-        self.layer3 = _layer(2 * width, 4 * width, 2)
+        self.layer1 = _spatial_block(half, half)
+        self.layer2 = _layer(half, width, 2)
+        self.layer3 = _layer(width, 2 * width, 2)
+        self.layer4 = _layer(2 * width, 4 * width, 2)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.out_dim = 4 * width
         _init_video(self)
 
     def forward(self, video: Tensor) -> Tensor:
         """[B, 3, T, H, W] uint8 -> [B, 4 * width] pooled features."""
-        x = self.stem(self.input(video))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer1(self.stem(self.input(video)))
+        x = self.layer4(self.layer3(self.layer2(x)))
         return self.pool(x).flatten(1)
 
 

@@ -1,0 +1,178 @@
+"""AVModel: output shapes, encoders, which parameters get gradients, learning, autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.audio import AudioEncoder, LogMel
+from models.av import AVModel
+from models.config import ModelConfig
+from models.losses import total_loss
+from models.queue import FeatureQueue
+from models.video import TinyVideoEncoder, VideoInput, build_video_encoder
+from tests.models.helpers import NUM_SPEEDS, forward, loss_cfg, make_batch, tiny_model_cfg
+
+B = 4
+
+
+@pytest.mark.unit
+def test_tiny_model_output_shapes() -> None:
+    cfg = tiny_model_cfg()
+    model = AVModel(cfg, NUM_SPEEDS)
+    out = forward(model, make_batch(B, seed=0))
+    fv, fa, d = model.video_dim, model.audio_dim, cfg.embed_dim
+    assert (fv, fa) == (4 * cfg.tiny_width, 4 * cfg.tiny_width)
+    expected = {
+        "feat_video": (B, 2, fv), "feat_audio": (B, 2, fa), "emb_vv": (B, 2, d),
+        "emb_va_video": (B, 2, d), "emb_va_audio": (B, 2, d),
+        "logits_video_speed": (B, 2, NUM_SPEEDS), "logits_audio_speed": (B, 2, NUM_SPEEDS),
+        "logits_video_reverse": (B, 2, 2), "logits_audio_reverse": (B, 2, 2),
+        "logits_video_order": (B, 3), "logits_audio_order": (B, 3), "logits_av_order": (B, 2, 3),
+    }  # fmt: skip
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+
+
+@pytest.mark.unit
+def test_pair_outputs_keep_clip_order() -> None:
+    """Index 0 of [B, 2, ...] is clip 1: it equals encoding clip 1 alone (eval mode)."""
+    model = AVModel(tiny_model_cfg(), NUM_SPEEDS).eval()
+    batch = make_batch(B, seed=1)
+    with torch.no_grad():
+        out = forward(model, batch)
+        torch.testing.assert_close(out["feat_video"][:, 1], model.encode_video(batch["video2"]))
+        torch.testing.assert_close(out["feat_audio"][:, 0], model.encode_audio(batch["audio1"]))
+        # The shared inter-modal head sees (v1, a2) first and (v2, a1) second.
+        av = model.heads["av_order"](out["feat_video"][:, 1], out["feat_audio"][:, 0])
+        torch.testing.assert_close(out["logits_av_order"][:, 1], av)
+
+
+@pytest.mark.unit
+def test_tiny_encoders_at_demo_size() -> None:
+    cfg = ModelConfig(
+        video_arch="tiny", audio_arch="tiny", tiny_width=32, frame_diff=True, n_mels=40
+    )
+    video = torch.randint(0, 256, (2, 3, 8, 64, 64), dtype=torch.uint8)
+    assert build_video_encoder(cfg)(video).shape == (2, 128)
+    assert AudioEncoder(cfg)(torch.randn(2, 10240).clamp(-1, 1)).shape == (2, 128)
+
+
+@pytest.mark.unit
+def test_full_encoders_forward_at_batch_1() -> None:
+    cfg = ModelConfig()  # r2plus1d_18 + resnet18, 80 mel bins
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        video_net = build_video_encoder(cfg).eval()
+        video = torch.randint(0, 256, (1, 3, 16, 112, 112), dtype=torch.uint8)
+        feat = video_net(video)
+        assert feat.shape == (1, 512) and torch.isfinite(feat).all()
+        audio_net = AudioEncoder(cfg).eval()
+        assert audio_net(torch.randn(1, 10240).clamp(-1, 1)).shape == (1, 512)
+    model = AVModel(cfg, NUM_SPEEDS)
+    assert (model.video_dim, model.audio_dim) == (512, 512)
+    first = next(model.heads["av_order"].parameters())
+    assert first.shape == (cfg.head_hidden, 1024)  # the inter head reads [video, audio] features
+
+
+@pytest.mark.unit
+def test_video_input_normalises_on_device_and_appends_frame_differences() -> None:
+    video = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8)
+    plain, diff = VideoInput(False)(video), VideoInput(True)(video)
+    assert plain.dtype == torch.float32 and plain.shape == (2, 3, 4, 8, 8)
+    assert diff.shape == (2, 6, 4, 8, 8)
+    torch.testing.assert_close(diff[:, :3], plain)
+    torch.testing.assert_close(diff[:, 3:, :-1], plain[:, :, 1:] - plain[:, :, :-1])
+    assert diff[:, 3:, -1].abs().sum() == 0
+    torch.testing.assert_close(VideoInput(False)(video.float()), plain)
+    assert TinyVideoEncoder(8, True).stem[0].in_channels == 6
+
+
+@pytest.mark.unit
+def test_log_mel_front_end_shape_and_silence() -> None:
+    front = LogMel(16000, 16, 25.0, 10.0)
+    spec = front(torch.cat([torch.zeros(1, 2560), 0.3 * torch.randn(1, 2560)]))
+    assert spec.shape == (2, 1, 16, 1 + 2560 // 160)
+    assert torch.isfinite(spec).all() and spec[0].abs().sum() == 0
+    assert spec[1].mean().abs() < 1e-4 and (spec[1].std() - 1).abs() < 1e-2
+
+
+def _grads(model: torch.nn.Module, cfg_kw: dict[str, float]) -> dict[str, torch.Tensor | None]:
+    cfg = loss_cfg(**cfg_kw)
+    batch = make_batch(B, seed=2)
+    loss, _ = total_loss(forward(model, batch), batch, cfg, FeatureQueue(cfg.queue_size, 16))
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def _has_grad(g: torch.Tensor | None) -> bool:
+    return g is not None and bool(g.abs().sum() > 0)
+
+
+@pytest.mark.unit
+def test_all_losses_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    grads = _grads(AVModel(tiny_model_cfg(), NUM_SPEEDS), {})
+    missing = [n for n, g in grads.items() if not _has_grad(g)]
+    assert not missing
+
+
+@pytest.mark.unit
+def test_zero_weights_leave_their_parameters_without_gradient() -> None:
+    torch.manual_seed(0)
+    model = AVModel(tiny_model_cfg(), NUM_SPEEDS)  # every head built
+    off = {"w_va": 0.0, "w_speed": 0.0, "w_direction": 0.0, "w_order_intra": 0.0}
+    grads = _grads(model, {**off, "w_order_inter": 0.0})  # video-video InfoNCE only
+    for name, g in grads.items():
+        on = name.startswith(("video.", "heads.proj_vv."))
+        assert _has_grad(g) == on, name
+    model.zero_grad(set_to_none=True)
+    grads = _grads(model, {**off, "w_vv": 0.0})  # inter-modal order only
+    for name, g in grads.items():
+        on = name.startswith(("video.", "audio.", "heads.av_order."))
+        assert _has_grad(g) == on, name
+
+
+@pytest.mark.unit
+def test_model_built_from_loss_config_has_only_enabled_parts() -> None:
+    cfg = loss_cfg(w_va=0.0, w_speed=0.0, w_direction=0.0, w_order_intra=0.0, w_order_inter=0.0)
+    model = AVModel(tiny_model_cfg(), NUM_SPEEDS, loss_cfg=cfg)
+    assert model.audio is None and set(model.heads) == {"proj_vv"}
+    with pytest.raises(RuntimeError, match="no audio encoder"):
+        model.encode_audio(torch.zeros(1, 2560))
+    grads = _grads(model, cfg.__dict__)
+    assert all(_has_grad(g) for g in grads.values())  # no unused parameters (DDP-friendly)
+    partial = AVModel(tiny_model_cfg(), NUM_SPEEDS, loss_cfg=loss_cfg(w_direction=0.0))
+    assert "video_reverse" not in partial.heads and "av_order" in partial.heads
+    assert "logits_video_reverse" not in forward(partial, make_batch(B, seed=3))
+
+
+@pytest.mark.unit
+def test_a_few_steps_lower_the_loss_on_a_toy_batch() -> None:
+    torch.manual_seed(0)
+    cfg = loss_cfg()
+    model = AVModel(tiny_model_cfg(), NUM_SPEEDS, loss_cfg=cfg)
+    queue = FeatureQueue(cfg.queue_size, 16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = make_batch(8, seed=4)
+    losses = []
+    for _ in range(12):
+        loss, terms = total_loss(forward(model, batch), batch, cfg, queue)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(terms["loss"]))
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+@pytest.mark.unit
+def test_bf16_autocast_forward_with_float32_losses() -> None:
+    torch.manual_seed(0)
+    model = AVModel(tiny_model_cfg(), NUM_SPEEDS)
+    batch = make_batch(B, seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = forward(model, batch)
+    assert out["emb_vv"].dtype == torch.bfloat16
+    loss, terms = total_loss(out, batch, loss_cfg())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
