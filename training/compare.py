@@ -1,0 +1,322 @@
+"""`avtime compare`: a table of MLflow runs (differing params, final and best metrics, linked eval
+results) and a PNG of their metric curves. Works on any MLflow tracking URI (sqlite or HTTP).
+
+Rules:
+- Training runs are the runs of the experiment (after `--filter`) that are not eval runs.
+- An eval run is linked to its pretraining run by the tag `avtime.parent_run_id` (or by MLflow's
+  own nesting tag `mlflow.parentRunId`), in any experiment. Its metrics appear as `eval:<metric>`
+  columns of the parent's row; when several linked runs log the same metric, the newest wins.
+- `final` is the value at the last step; `best` is the minimum for loss-like metrics (the name
+  contains loss, error, err, nll, perplexity or wer) and the maximum for all others.
+- Rows are sorted by `--sort` (a metric, meaning its best value, or a column such as
+  `loss:final` or `eval:top1`), best first; runs without that value go last.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PARENT_TAG = "avtime.parent_run_id"
+MLFLOW_PARENT_TAG = "mlflow.parentRunId"
+SYSTEM_PREFIX = "system/"
+_LOWER_IS_BETTER = re.compile(r"loss|error|(^|[^a-z])err([^a-z]|$)|nll|perplexity|wer", re.I)
+MAX_DEFAULT_METRICS = 4
+
+
+class CompareError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRow:
+    """One training run, summarised."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    evals: dict[str, float] = field(default_factory=dict)
+    eval_run_ids: tuple[str, ...] = ()
+
+    def value(self, column: str) -> float | None:
+        """The value of a metric column: `m:final`, `m:best` or `eval:m`."""
+        if column.startswith("eval:"):
+            return self.evals.get(column[len("eval:") :])
+        name, _, kind = column.rpartition(":")
+        return (self.final if kind == "final" else self.best).get(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison:
+    """Everything the table and the plot show."""
+
+    experiment: str
+    rows: list[RunRow]
+    params: list[str]
+    metrics: list[str]
+    eval_metrics: list[str]
+    sort_column: str
+
+    def metric_columns(self) -> list[str]:
+        cols = [f"{m}:{kind}" for m in self.metrics for kind in ("final", "best")]
+        return cols + [f"eval:{m}" for m in self.eval_metrics]
+
+
+def lower_is_better(metric: str) -> bool:
+    """The rule for `best`: loss-like names are minimised, everything else maximised."""
+    return bool(_LOWER_IS_BETTER.search(metric))
+
+
+def best_of(metric: str, values: Iterable[float]) -> float | None:
+    """The best of `values` under the rule of `lower_is_better`."""
+    vals = [v for v in values if v == v]  # drop NaN
+    if not vals:
+        return None
+    return min(vals) if lower_is_better(metric) else max(vals)
+
+
+def differing_params(params: Sequence[Mapping[str, str]]) -> list[str]:
+    """Keys whose value is not the same in every run (a missing key counts as a value)."""
+    keys = sorted(set().union(*params)) if params else []
+    return [k for k in keys if len({p.get(k) for p in params}) > 1]
+
+
+def default_metrics(keys: Iterable[str]) -> list[str]:
+    """All non-system metrics if few; else the loss-like ones; at most MAX_DEFAULT_METRICS."""
+    names = sorted(k for k in set(keys) if not k.startswith(SYSTEM_PREFIX))
+    if len(names) > MAX_DEFAULT_METRICS:
+        losses = [k for k in names if "loss" in k.lower()]
+        losses.sort(key=lambda k: (k.count("/") + k.count("."), k))  # the total loss first
+        names = losses or names
+    return names[:MAX_DEFAULT_METRICS]
+
+
+def column_metric(column: str) -> str:
+    """The metric name of a table column (`loss:best` -> loss, `eval:top1` -> top1)."""
+    if column.startswith("eval:"):
+        return column[len("eval:") :]
+    return column.rpartition(":")[0] or column
+
+
+def sort_rows(rows: list[RunRow], column: str) -> list[RunRow]:
+    """Best first by `column`; rows without a value keep their order at the end."""
+    lower = lower_is_better(column_metric(column))
+    have = [r for r in rows if r.value(column) is not None]
+    missing = [r for r in rows if r.value(column) is None]
+    have.sort(key=lambda r: r.value(column) or 0.0, reverse=not lower)
+    return have + missing
+
+
+def resolve_sort(sort: str | None, metrics: Sequence[str], eval_metrics: Sequence[str]) -> str:
+    """The column `--sort` names: a bare metric means its best value."""
+    if not sort:
+        if metrics:
+            return f"{metrics[0]}:best"
+        return f"eval:{eval_metrics[0]}" if eval_metrics else ""
+    if sort.startswith("eval:") or sort.endswith((":final", ":best")):
+        return sort
+    if sort in eval_metrics and sort not in metrics:
+        return f"eval:{sort}"
+    return f"{sort}:best"
+
+
+def linked_eval_metrics(
+    evals: Sequence[Any], parents: Iterable[str]
+) -> dict[str, tuple[dict[str, float], tuple[str, ...]]]:
+    """parent run id -> (eval metrics, eval run ids) from the linked eval runs (newest wins)."""
+    wanted = set(parents)
+    out: dict[str, tuple[dict[str, float], tuple[str, ...]]] = {}
+    for run in sorted(evals, key=lambda r: r.info.start_time or 0):
+        parent = run.data.tags.get(PARENT_TAG) or run.data.tags.get(MLFLOW_PARENT_TAG)
+        if parent not in wanted:
+            continue
+        metrics, ids = out.get(parent, ({}, ()))
+        metrics.update({k: float(v) for k, v in run.data.metrics.items()})
+        out[parent] = (metrics, (*ids, run.info.run_id))
+    return out
+
+
+def is_eval_run(run: Any) -> bool:
+    """True for runs linked to a pretraining run (they become columns, not rows)."""
+    tags = run.data.tags
+    return bool(tags.get(PARENT_TAG) or tags.get(MLFLOW_PARENT_TAG))
+
+
+def get_experiment(client: Any, name: str) -> Any:
+    """The experiment `name`, or CompareError listing the ones that exist."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"no experiment {name!r} in this store; experiments: {names}")
+    return exp
+
+
+def search(client: Any, experiment_ids: list[str], filter_string: str, max_runs: int) -> list[Any]:
+    """search_runs with a clear error for a bad filter."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(
+            client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_runs)
+        )
+    except MlflowException as exc:
+        raise CompareError(
+            f"bad --filter {filter_string!r}: {exc.message.splitlines()[0]} "
+            "(example: --filter \"params.`loss.temperature` = '0.1'\")"
+        ) from None
+
+
+def fetch_evals(client: Any, max_runs: int) -> list[Any]:
+    """Every linked eval run in the store (any experiment)."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs: dict[str, Any] = {}
+    for tag in (PARENT_TAG, MLFLOW_PARENT_TAG):
+        for run in search(client, ids, f"tags.`{tag}` LIKE '%'", max_runs):
+            runs[run.info.run_id] = run
+    return list(runs.values())
+
+
+def metric_summary(client: Any, run_id: str, metric: str) -> tuple[float | None, float | None]:
+    """(final, best) of one metric of one run, from its full history."""
+    history = client.get_metric_history(run_id, metric)
+    if not history:
+        return None, None
+    last = max(history, key=lambda m: (m.step, m.timestamp))
+    return float(last.value), best_of(metric, (float(m.value) for m in history))
+
+
+def summarise(client: Any, run: Any, metrics: Sequence[str], linked: Mapping[str, Any]) -> RunRow:
+    """One RunRow: params, final and best of `metrics`, and the linked eval metrics."""
+    final: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for metric in metrics:
+        if metric not in run.data.metrics:
+            continue
+        f, b = metric_summary(client, run.info.run_id, metric)
+        if f is not None and b is not None:
+            final[metric], best[metric] = f, b
+    evals, eval_ids = linked.get(run.info.run_id, ({}, ()))
+    return RunRow(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        status=run.info.status,
+        start_time=int(run.info.start_time or 0),
+        params=dict(run.data.params),
+        final=final,
+        best=best,
+        evals=dict(evals),
+        eval_run_ids=tuple(eval_ids),
+    )
+
+
+def build_comparison(
+    client: Any,
+    experiment: str,
+    *,
+    metrics: Sequence[str] = (),
+    filter_string: str = "",
+    sort: str | None = None,
+    params: Sequence[str] = (),
+    max_runs: int = 200,
+) -> Comparison:
+    """Fetch the runs of `experiment` and summarise them for the table and the plot."""
+    exp = get_experiment(client, experiment)
+    runs = [r for r in search(client, [exp.experiment_id], filter_string, max_runs)]
+    runs = [r for r in runs if not is_eval_run(r)]
+    if not runs:
+        where = f" matching {filter_string!r}" if filter_string else ""
+        raise CompareError(f"experiment {experiment!r} has no training runs{where}")
+    linked = linked_eval_metrics(fetch_evals(client, max_runs), (r.info.run_id for r in runs))
+    chosen = list(metrics) or default_metrics(k for r in runs for k in r.data.metrics)
+    rows = [summarise(client, r, chosen, linked) for r in runs]
+    eval_metrics = sorted({k for r in rows for k in r.evals})
+    column = resolve_sort(sort, chosen, eval_metrics)
+    if sort and all(r.value(column) is None for r in rows):
+        raise CompareError(f"--sort {sort}: no run has a value for {column}")
+    return Comparison(
+        experiment=experiment,
+        rows=sort_rows(rows, column) if column else rows,
+        params=list(params) or differing_params([r.params for r in rows]),
+        metrics=chosen,
+        eval_metrics=eval_metrics,
+        sort_column=column,
+    )
+
+
+def fmt(value: Any, width: int = 32) -> str:
+    """A table cell: floats with 4 significant digits, long strings shortened, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def records(cmp: Comparison) -> list[dict[str, Any]]:
+    """The table as a list of dicts (for --format json/csv)."""
+    out = []
+    for i, row in enumerate(cmp.rows, 1):
+        rec: dict[str, Any] = {"rank": i, "run": row.name, "run_id": row.run_id}
+        rec["status"] = row.status
+        rec.update({f"params.{p}": row.params.get(p) for p in cmp.params})
+        rec.update({c: row.value(c) for c in cmp.metric_columns()})
+        out.append(rec)
+    return out
+
+
+def render_table(cmp: Comparison) -> str:
+    """A plain-text table, one row per run, best first."""
+    header = ["#", "run", "id", "status", *cmp.params, *cmp.metric_columns()]
+    lines = [header]
+    for i, row in enumerate(cmp.rows, 1):
+        cells = [str(i), fmt(row.name, 24), row.run_id[:8], row.status]
+        cells += [fmt(row.params.get(p), 24) for p in cmp.params]
+        cells += [fmt(row.value(c)) for c in cmp.metric_columns()]
+        lines.append(cells)
+    widths = [max(len(line[j]) for line in lines) for j in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    order = "lower" if lower_is_better(column_metric(cmp.sort_column)) else "higher"
+    title = f"experiment {cmp.experiment!r}: {len(cmp.rows)} run(s)"
+    if cmp.sort_column:
+        title += f", sorted by {cmp.sort_column} ({order} is better)"
+    if not cmp.params:
+        title += "; all params equal"
+    return "\n".join([title, *text])
+
+
+def write_plot(client: Any, cmp: Comparison, path: str) -> int:
+    """A PNG with one panel per metric and one curve per run (x = step); returns the curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not cmp.metrics:
+        raise CompareError("--plot: no metrics to plot; name some with --metrics")
+    cols = min(2, len(cmp.metrics))
+    nrows = (len(cmp.metrics) + cols - 1) // cols
+    fig = Figure(figsize=(6.5 * cols, 3.8 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    curves = 0
+    for i, metric in enumerate(cmp.metrics):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        for row in cmp.rows:
+            history = sorted(client.get_metric_history(row.run_id, metric), key=lambda m: m.step)
+            if history:
+                steps = [m.step for m in history]
+                ax.plot(steps, [m.value for m in history], label=f"{row.name} ({row.run_id[:8]})")
+                curves += 1
+        better = "lower" if lower_is_better(metric) else "higher"
+        ax.set_title(f"{metric} ({better} is better)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"experiment {cmp.experiment}")
+    fig.savefig(path, dpi=100)
+    return curves
