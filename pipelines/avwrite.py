@@ -8,7 +8,7 @@ at `sample_rate`. Container and codecs are options (e.g. `.mkv` with `mpeg4` + `
 Timing: frame i has pts i / fps and audio sample j has pts j / sample_rate, both starting at 0;
 the AAC encoder's priming samples are hidden by the mp4 edit list, so PyAV decodes audio sample 0
 at time 0. Packets are interleaved as they are encoded. With `threads=1` (the default) libx264
-output is byte-for-byte reproducible.
+output is byte-for-byte reproducible (macroblock-tree rate control is off for that reason).
 """
 
 from __future__ import annotations
@@ -105,6 +105,11 @@ def write_av(
         options: dict[str, str] = {}
         if video_codec in ("libx264", "libx265"):
             options = {"crf": str(crf), "preset": preset}
+        if video_codec == "libx264":
+            # Macroblock-tree rate control made libx264 (asm paths) give different bytes for the
+            # same frames from one run to the next on smooth synthetic content; without it the
+            # output is reproducible.
+            options["x264-params"] = "mbtree=0"
         options.update(video_options or {})
         vstream.options = options
         if gop is not None:

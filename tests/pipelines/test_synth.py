@@ -84,6 +84,8 @@ def audio_onsets(x: np.ndarray, rate: int) -> np.ndarray:
 def visual_bounces(frames: np.ndarray, colors: np.ndarray, floor_px: int) -> np.ndarray:
     """Frames where the object's centroid stops going down and goes up (a floor bounce).
 
+    Needs two frames of descent before and two of ascent after, so apex jitter is not a bounce.
+
     The object is found as pixels near one of the object colours that differ from the median
     (background) frame; only the appearance is taken from the sidecar, never event times.
     """
@@ -97,9 +99,11 @@ def visual_bounces(frames: np.ndarray, colors: np.ndarray, floor_px: int) -> np.
         if mask.sum() >= 6:
             ys[i] = np.nonzero(mask)[0].mean()
     out = []
-    for i in range(1, len(frames) - 1):
-        y0, y1, y2 = ys[i - 1 : i + 2]
-        if not np.isnan([y0, y1, y2]).any() and y1 >= y0 and y1 > y2 and 2 * y1 - y0 - y2 >= 1:
+    for i in range(2, len(frames) - 2):
+        y = ys[i - 2 : i + 3]  # down, down, (lowest), up, up
+        if np.isnan(y).any() or not (y[0] < y[1] <= y[2] > y[3] > y[4]):
+            continue
+        if 2 * y[2] - y[0] - y[4] >= 3:
             out.append(i)
     return np.array(out)
 
