@@ -3,6 +3,8 @@ results) and a PNG of their metric curves. Works on any MLflow tracking URI (sql
 
 Rules:
 - Training runs are the runs of the experiment (after `--filter`) that are not eval runs.
+  Eval runs with no pretraining run (tag `avtime.kind=eval`, e.g. a random-init baseline) are
+  rows too, with only `eval:` values.
 - An eval run is linked to its pretraining run by the tag `avtime.parent_run_id` (or by MLflow's
   own nesting tag `mlflow.parentRunId`), in any experiment. Its metrics appear as `eval:<metric>`
   columns of the parent's row; when several linked runs log the same metric, the newest wins.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PARENT_TAG = "avtime.parent_run_id"
+KIND_TAG = "avtime.kind"
 MLFLOW_PARENT_TAG = "mlflow.parentRunId"
 SYSTEM_PREFIX = "system/"
 _LOWER_IS_BETTER = re.compile(r"loss|error|(^|[^a-z])err([^a-z]|$)|nll|perplexity|wer", re.I)
@@ -143,9 +146,30 @@ def linked_eval_metrics(
 
 
 def is_eval_run(run: Any) -> bool:
-    """True for runs linked to a pretraining run (they become columns, not rows)."""
+    """True for eval runs: linked to a pretraining run, or tagged `avtime.kind=eval`."""
     tags = run.data.tags
-    return bool(tags.get(PARENT_TAG) or tags.get(MLFLOW_PARENT_TAG))
+    return bool(tags.get(PARENT_TAG) or tags.get(MLFLOW_PARENT_TAG)) or tags.get(KIND_TAG) == "eval"
+
+
+def is_baseline(run: Any) -> bool:
+    """An eval run with no pretraining run (e.g. a random-init baseline): a row of its own."""
+    tags = run.data.tags
+    return tags.get(KIND_TAG) == "eval" and not (
+        tags.get(PARENT_TAG) or tags.get(MLFLOW_PARENT_TAG)
+    )
+
+
+def baseline_row(run: Any) -> RunRow:
+    """A baseline eval run as a row: no training params or curves, its metrics as `eval:`."""
+    return RunRow(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        status=run.info.status,
+        start_time=int(run.info.start_time or 0),
+        params={},
+        evals={k: float(v) for k, v in run.data.metrics.items()},
+        eval_run_ids=(run.info.run_id,),
+    )
 
 
 def get_experiment(client: Any, name: str) -> Any:
@@ -227,14 +251,16 @@ def build_comparison(
 ) -> Comparison:
     """Fetch the runs of `experiment` and summarise them for the table and the plot."""
     exp = get_experiment(client, experiment)
-    runs = [r for r in search(client, [exp.experiment_id], filter_string, max_runs)]
-    runs = [r for r in runs if not is_eval_run(r)]
-    if not runs:
+    found = search(client, [exp.experiment_id], filter_string, max_runs)
+    runs = [r for r in found if not is_eval_run(r)]
+    baselines = [baseline_row(r) for r in found if is_baseline(r)]
+    if not runs and not baselines:
         where = f" matching {filter_string!r}" if filter_string else ""
         raise CompareError(f"experiment {experiment!r} has no training runs{where}")
     linked = linked_eval_metrics(fetch_evals(client, max_runs), (r.info.run_id for r in runs))
     chosen = list(metrics) or default_metrics(k for r in runs for k in r.data.metrics)
-    rows = [summarise(client, r, chosen, linked) for r in runs]
+    trained = [summarise(client, r, chosen, linked) for r in runs]
+    rows = trained + baselines
     eval_metrics = sorted({k for r in rows for k in r.evals})
     column = resolve_sort(sort, chosen, eval_metrics)
     if sort and all(r.value(column) is None for r in rows):
@@ -242,7 +268,7 @@ def build_comparison(
     return Comparison(
         experiment=experiment,
         rows=sort_rows(rows, column) if column else rows,
-        params=list(params) or differing_params([r.params for r in rows]),
+        params=list(params) or differing_params([r.params for r in trained]),
         metrics=chosen,
         eval_metrics=eval_metrics,
         sort_column=column,

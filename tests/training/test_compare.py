@@ -23,7 +23,8 @@ class Store:
 
 
 def make_runs(uri: str, experiment: str = EXPERIMENT) -> dict[str, str]:
-    """Three training runs (one differing param), one linked eval run, one eval run elsewhere."""
+    """Three training runs (one differing param), linked eval runs in this and another
+    experiment, and an unlinked baseline eval run."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -53,6 +54,10 @@ def make_runs(uri: str, experiment: str = EXPERIMENT) -> dict[str, str]:
         )
         client.log_metric(run.info.run_id, "ucf101.linear.top1", top1)
         client.set_terminated(run.info.run_id)
+    baseline = client.create_run(exp, run_name="random", tags={compare.KIND_TAG: "eval"})
+    client.log_metric(baseline.info.run_id, "ucf101.linear.top1", 0.05)
+    client.log_param(baseline.info.run_id, "checkpoint", "random")
+    client.set_terminated(baseline.info.run_id)
     return ids
 
 
@@ -109,7 +114,8 @@ def test_comparison_on_sqlite(store: Store) -> None:
     assert cmp.params == ["loss.temperature"]  # train.steps is the same everywhere
     assert cmp.sort_column == "acc/video_speed:best"
     by_name = {r.name: r for r in cmp.rows}
-    assert [r.name for r in cmp.rows] == ["hot", "warm", "cold"]
+    assert [r.name for r in cmp.rows] == ["hot", "warm", "cold", "random"]
+    assert by_name["random"].evals == {"ucf101.linear.top1": 0.05}  # baseline: a row, no params
     assert by_name["warm"].final["loss"] == 1.7 and by_name["warm"].best["loss"] == 1.5
     assert by_name["hot"].best["acc/video_speed"] == 0.6
     # eval runs are columns, not rows; the newest linked run wins, across experiments
@@ -123,10 +129,10 @@ def test_comparison_on_sqlite(store: Store) -> None:
 def test_sort_filter_and_metrics(store: Store) -> None:
     client = _client(store.uri)
     cmp = compare.build_comparison(client, EXPERIMENT, metrics=["loss"], sort="loss:final")
-    assert [r.name for r in cmp.rows] == ["hot", "warm", "cold"]  # 1.3 < 1.7 < 2.1
+    assert [r.name for r in cmp.rows] == ["hot", "warm", "cold", "random"]  # 1.3 < 1.7 < 2.1
     assert cmp.metric_columns() == ["loss:final", "loss:best", "eval:ucf101.linear.top1"]
     cmp = compare.build_comparison(client, EXPERIMENT, sort="ucf101.linear.top1")
-    assert [r.name for r in cmp.rows] == ["warm", "hot", "cold"]  # cold has no eval: last
+    assert [r.name for r in cmp.rows] == ["warm", "hot", "random", "cold"]  # no value: last
     cmp = compare.build_comparison(
         client, EXPERIMENT, filter_string="params.`loss.temperature` != '0.05'"
     )
@@ -146,7 +152,7 @@ def test_table_json_and_plot_from_cli(
     header = lines[2].split()
     assert header[:5] == ["#", "run", "id", "status", "loss.temperature"]
     assert "eval:ucf101.linear.top1" in header
-    assert [line.split()[1] for line in lines[3:6]] == ["hot", "warm", "cold"]
+    assert [line.split()[1] for line in lines[3:7]] == ["hot", "warm", "cold", "random"]
     from PIL import Image
 
     with Image.open(png) as img:
@@ -155,6 +161,7 @@ def test_table_json_and_plot_from_cli(
     recs = json.loads(capsys.readouterr().out)
     assert {r["run"]: r["eval:ucf101.linear.top1"] for r in recs}["warm"] == 0.42
     assert all("params.loss.temperature" in r for r in recs)
+    assert {r["run"]: r["params.loss.temperature"] for r in recs}["random"] is None
 
 
 @pytest.mark.unit
