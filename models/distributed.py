@@ -14,6 +14,8 @@ the concatenated batch.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -46,7 +48,10 @@ def gather_with_grad(x: Tensor) -> Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():  # torch 2.14 marks it deprecated; it is the autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(x.contiguous())
+    return torch.cat(parts, dim=0)
 
 
 @torch.no_grad()
