@@ -23,8 +23,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 S3_CONNECT_TIMEOUT_S = 5.0
-S3_READ_TIMEOUT_S = 60.0
+S3_READ_TIMEOUT_S = 30.0
 S3_MAX_ATTEMPTS = 4  # botocore attempts per request ("standard" retry mode: backoff + jitter)
+S3FS_RETRIES = 2
+CHECK_TIMEOUT_S = 8.0  # the up-front check of SRC/DST gives up sooner than data transfers
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
@@ -62,12 +64,15 @@ def endpoint_url() -> str:
     return f"https://s3.{region}.amazonaws.com"
 
 
-def s3_filesystem() -> Any:
+def s3_filesystem(
+    *, read_timeout_s: float = S3_READ_TIMEOUT_S, attempts: int = S3_MAX_ATTEMPTS,
+    retries: int = S3FS_RETRIES,
+) -> Any:  # fmt: skip
     """An s3fs filesystem from the standard AWS env vars, with short timeouts and retries."""
     import s3fs
 
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    return s3fs.S3FileSystem(
+    fs = s3fs.S3FileSystem(
         key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
         secret=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
         token=os.environ.get("AWS_SESSION_TOKEN") or None,
@@ -75,13 +80,14 @@ def s3_filesystem() -> Any:
         client_kwargs={"region_name": region},
         config_kwargs={
             "connect_timeout": S3_CONNECT_TIMEOUT_S,
-            "read_timeout": S3_READ_TIMEOUT_S,
-            "retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+            "read_timeout": read_timeout_s,
+            "retries": {"max_attempts": attempts, "mode": "standard"},
         },
-        retries=3,
         use_listings_cache=False,
         skip_instance_cache=True,
     )
+    fs.retries = retries  # s3fs's own retries on top of botocore's, with backoff
+    return fs
 
 
 def filesystem(uri: str) -> tuple[Any, str]:
@@ -125,7 +131,8 @@ def check_location(uri: str, *, must_exist: bool) -> None:
             raise StorageError(f"{uri} does not exist")
         return
     check_endpoint()
-    fs, path = filesystem(uri)
+    fs = s3_filesystem(read_timeout_s=CHECK_TIMEOUT_S, attempts=1, retries=1)
+    path = s3_path(uri)
     bucket = path.split("/", 1)[0]
     try:
         fs.ls(bucket, detail=False)
@@ -141,7 +148,10 @@ def check_location(uri: str, *, must_exist: bool) -> None:
             "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
         ) from None
     except Exception as exc:
-        raise StorageError(f"S3 request for {uri} failed: {_short(exc)}") from None
+        raise StorageError(
+            f"the S3 endpoint {endpoint_url()} failed a request for {uri} ({_short(exc)}); "
+            "check AWS_ENDPOINT_URL and that the server is an S3 service that is up"
+        ) from None
 
 
 def _short(exc: BaseException) -> str:
