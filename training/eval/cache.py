@@ -1,7 +1,7 @@
 """Decode evaluation datasets once, through the ingest job, into cached segment shards.
 
 The raw videos of a dataset go through the same decoder as training data (`avtime preprocess`,
-`pipelines.ingest.run_ingest`), from a CSV listing (uri, label, split) the adapter wrote. The
+`pipelines.ingest.run_ingest`), from a CSV listing (uri, label) of the adapter's items. The
 shards land in `<cache>/<name>-<key>/shards`, where the key hashes the listed sources and the
 ingest settings, so every split and protocol of one dataset shares one decode, and a killed
 decode resumes. The cache is `--cache-dir`, else `AVTIME_EVAL_CACHE`, else `./eval_cache`.
@@ -50,21 +50,25 @@ def cache_root(arg: str | None = None) -> str:
 
 
 def cache_key(items: Sequence[_Item], cfg: IngestConfig) -> str:
-    """12 hex chars of sha1 over the sorted (source, label, split) rows and the ingest config."""
+    """12 hex chars of sha1 over the sorted (source, label) rows and the ingest config.
+
+    Splits are left out: they are joined back from the listing, so the official splits of one
+    dataset share one decode.
+    """
     from training.configlib import to_dict
 
-    rows = sorted((it.source, it.label, it.split) for it in items)
+    rows = sorted((it.source, it.label) for it in items)
     blob = json.dumps({"rows": rows, "ingest": to_dict(cfg)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def listing_csv(items: Sequence[_Item]) -> bytes:
-    """A listing `avtime preprocess` reads: uri,label,split."""
+    """A listing `avtime preprocess` reads: uri,label (splits come from the adapter)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["uri", "label", "split"])
-    for it in items:
-        writer.writerow([it.source, it.label, it.split])
+    writer.writerow(["uri", "label"])
+    for it in sorted(items, key=lambda it: it.source):
+        writer.writerow([it.source, it.label])
     return buf.getvalue().encode()
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from training.eval.features import encode_dataset, shard_clip_dataset
 from training.eval.linear import video_accuracy
-from training.eval.protocols import EvalContext, _need_split, select, split_sources
+from training.eval.protocols import EvalContext, select, train_test
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +82,7 @@ def _train_epoch(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return sum(losses) / max(1, len(losses))
 
 
@@ -94,9 +94,7 @@ def _steps_per_epoch(ctx: EvalContext, n_train: int, cfg: FinetuneConfig) -> int
 
 def run_action_finetune(ctx: EvalContext, cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune on the train split, report top-1 on the test split (per-video averaging)."""
-    for s in ("train", "test"):
-        _need_split(ctx.listing, s)
-    train, test = split_sources(ctx.listing, "train"), split_sources(ctx.listing, "test")
+    train, test = train_test(ctx)
     classes = ctx.class_index
     shards = ctx.shards()
     torch.manual_seed(cfg.seed)

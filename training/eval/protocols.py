@@ -111,13 +111,27 @@ def _report_missing(listing: Listing, feats: ClipFeatures, wanted: set[str]) -> 
     return missing
 
 
-def run_action_linear(ctx: EvalContext) -> dict[str, float | int]:
-    """Linear probe on frozen video clip features; top-1 of clip probabilities averaged per video."""
+def train_test(ctx: EvalContext) -> tuple[dict[str, str], dict[str, str]]:
+    """source -> label of the train and the test split (both must be non-empty)."""
     for s in ("train", "test"):
         _need_split(ctx.listing, s)
-    train, test = split_sources(ctx.listing, "train"), split_sources(ctx.listing, "test")
+    return split_sources(ctx.listing, "train"), split_sources(ctx.listing, "test")
+
+
+def train_test_video_features(ctx: EvalContext) -> ClipFeatures:
+    """Video clip features of the train and test videos (one extraction for both protocols)."""
+    train, test = train_test(ctx)
     feats = ctx.features(("video",), set(train) | set(test))
     _report_missing(ctx.listing, feats, set(train) | set(test))
+    return feats
+
+
+def run_action_linear(
+    ctx: EvalContext, feats: ClipFeatures | None = None
+) -> dict[str, float | int]:
+    """Linear probe on frozen video clip features; top-1 of clip probabilities averaged per video."""
+    train, test = train_test(ctx)
+    feats = feats if feats is not None else train_test_video_features(ctx)
     assert feats.video is not None
     classes = ctx.class_index
     x_tr, y_tr, g_tr = select(feats, feats.video, train, classes)
@@ -145,17 +159,16 @@ def video_level(
     return mean, y, keys
 
 
-def run_retrieval(ctx: EvalContext) -> dict[str, float | int]:
+def run_retrieval(ctx: EvalContext, feats: ClipFeatures | None = None) -> dict[str, float | int]:
     """Test videos query train videos by cosine of clip-averaged video features; R@1/5/10/20."""
-    for s in ("train", "test"):
-        _need_split(ctx.listing, s)
-    train, test = split_sources(ctx.listing, "train"), split_sources(ctx.listing, "test")
-    feats = ctx.features(("video",), set(train) | set(test))
-    _report_missing(ctx.listing, feats, set(train) | set(test))
+    train, test = train_test(ctx)
+    feats = feats if feats is not None else train_test_video_features(ctx)
     assert feats.video is not None
     classes = ctx.class_index
     g, gy, gk = video_level(feats, feats.video, train, classes)
     q, qy, qk = video_level(feats, feats.video, test, classes)
+    if not gk or not qk:
+        raise ValueError("retrieval: no decoded train (gallery) or test (query) videos")
     out: dict[str, float | int] = dict(recall_at_k(q, qy, g, gy, RETRIEVAL_KS))
     out.update({"queries": len(qk), "gallery": len(gk)})
     return out
