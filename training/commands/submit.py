@@ -111,9 +111,11 @@ def _submit(args: argparse.Namespace, sub) -> int:  # type: ignore[no-untyped-de
     if args.dry_run:
         print(sub.render_spec(spec))
         return 0
+    from training import submit_cluster as cluster
+
     _quiet_ray_upload_logs()
-    client = sub.connect(spec.address, environ)
-    job_id = sub.submit(client, spec, environ)
+    client = cluster.connect(spec.address, environ)
+    job_id = cluster.submit(client, spec, environ)
     print(f"avtime submit: submitted {job_id} to {spec.address}", file=sys.stderr)
     if args.no_wait:
         print(job_id)
@@ -123,7 +125,7 @@ def _submit(args: argparse.Namespace, sub) -> int:  # type: ignore[no-untyped-de
         )
         return 0
     try:
-        code = sub.follow(client, job_id, sys.stdout)
+        code = cluster.follow(client, job_id, sys.stdout)
     except KeyboardInterrupt:
         print(
             f"\navtime submit: stopped following; the job keeps running. Stop it with: "
