@@ -27,6 +27,7 @@ from typing import Any
 
 import av
 import numpy as np
+from PIL import Image
 
 from pipelines.config import IngestConfig
 from pipelines.decode_audio import AudioTrack
@@ -121,11 +122,15 @@ class FrameEncoder:
         frame.pts = None
         self._graph.push(frame)
         rgb = self._graph.pull()
+        plane = rgb.planes[0]  # wrap the frame's buffer (to_image() would copy it)
+        img = Image.frombuffer(
+            "RGB", (rgb.width, rgb.height), plane, "raw", "RGB", plane.line_size, 1
+        )
         buf = io.BytesIO()
         if self.cfg.frame_format == "jpeg":
-            rgb.to_image().save(buf, format="JPEG", quality=self.cfg.jpeg_quality)
+            img.save(buf, format="JPEG", quality=self.cfg.jpeg_quality)
         else:
-            rgb.to_image().save(buf, format="PNG", compress_level=1)
+            img.save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
 
