@@ -16,6 +16,7 @@
 #   AVTIME_S3_PORT [8333] AVTIME_MLFLOW_PORT [5000]
 #   AVTIME_RAY_PORT [6379] AVTIME_RAY_DASHBOARD_PORT [8265] AVTIME_RAY_CLIENT_PORT [10001]
 #   AVTIME_RAY_CPUS       logical CPUs of the head [nproc]
+#   AVTIME_RAY_TMP        Ray's temp dir; keep it short (unix socket paths) [/tmp/avtime-ray-UID-PORT]
 #   AVTIME_RAY_EXTRA_ARGS more `ray start` flags, e.g. the other ports when several stacks share
 #                         a machine (--node-manager-port=... --min-worker-port=...)
 #   AVTIME_WEED_{MASTER,VOLUME,FILER,WEBDAV,ADMIN,DEBUG}_PORT   SeaweedFS internals
@@ -41,8 +42,8 @@ RAY_PORT="${AVTIME_RAY_PORT:-6379}"
 DASH_PORT="${AVTIME_RAY_DASHBOARD_PORT:-8265}"
 CLIENT_PORT="${AVTIME_RAY_CLIENT_PORT:-10001}"
 RAY_CPUS="${AVTIME_RAY_CPUS:-$(nproc)}"
-# Ray's unix sockets need a short path: keep its temp dir under /tmp, one per stack.
-RAY_TMP="/tmp/avtime-ray-$(id -u)-$RAY_PORT"
+# Ray's unix sockets need a short path: keep its temp dir short, one per stack.
+RAY_TMP="${AVTIME_RAY_TMP:-/tmp/avtime-ray-$(id -u)-$RAY_PORT}"
 ALL=(s3 mlflow ray)
 
 log() { echo "local_stack: $*" >&2; }
@@ -151,14 +152,14 @@ start_ray() {
   log "Ray head: dashboard http://127.0.0.1:$DASH_PORT, GCS 127.0.0.1:$RAY_PORT (pid $pid)"
 }
 
-stop_one() {  # stop_one NAME: TERM its process group, then KILL what is left after 30 s
+stop_one() {  # stop_one NAME: TERM its process group, then KILL what is left after 15 s
   local name="$1" pid
   pid="$(pid_of "$name")"
   if [[ -z "$pid" ]]; then rm -f "$DIR/pids/$name.pid"; log "$name: not running"; return; fi
   [[ "$(ps -o pgid= -p "$pid" | tr -d ' ')" == "$pid" ]] \
     || die "$name: pid $pid is not the leader of its own process group; not stopping it"
   kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 60); do
+  for _ in $(seq 30); do
     kill -0 -- "-$pid" 2>/dev/null || break
     sleep 0.5
   done
@@ -209,7 +210,10 @@ pick() {  # pick ARGS...: the components named (default all), checked
 
 main() {
   local cmd="${1:-}"; shift || true
-  mkdir -p "$DIR"; chmod 700 "$DIR"
+  case "$cmd" in
+    start|stop|status|env) mkdir -p "$DIR"; chmod 700 "$DIR" ;;
+    *) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
   case "$cmd" in
     start)
       for c in $(pick "$@"); do
@@ -221,7 +225,6 @@ main() {
       for ((i = ${#chosen[@]} - 1; i >= 0; i--)); do stop_one "${chosen[i]}"; done ;;
     status) status ;;
     env) print_env ;;
-    *) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 }
 
