@@ -33,9 +33,11 @@ Outputs of `generate_corpus(out_dir, cfg)`:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -46,6 +48,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipelines import groundtruth as gt
+from pipelines import storage
 from pipelines.avwrite import write_av
 
 # Physics constants shared by the whole corpus (scene heights, seconds).
@@ -770,25 +773,42 @@ def plan_corpus(cfg: SynthConfig) -> list[VideoJob]:
 
 
 def make_video(cfg: SynthConfig, job: VideoJob, out_dir: str | Path) -> dict[str, Any]:
-    """Plan, render and write one video and its sidecar; returns the sidecar dict."""
-    out = Path(out_dir)
+    """Plan, render and write one video and its sidecar; returns the sidecar dict.
+
+    `out_dir` is a local folder or an s3:// URI. The mp4 is encoded into a local file first and
+    then published atomically (renamed, or uploaded), so a reader never sees half a video.
+    """
+    out = str(out_dir)
     plan = plan_video(cfg, job.index, job.class_index, job.split, job.name)
     audio = render_audio(plan)
-    write_av(
-        out / job.rel_path,
-        render_frames(plan),
-        plan.fps,
-        audio,
-        plan.sample_rate,
-        crf=cfg.crf,
-        preset=cfg.preset,
-        audio_bitrate=cfg.audio_bitrate,
-        threads=1,
-    )
+    target = storage.join(out, job.rel_path)
+    # S3: encode in a fresh local temp folder, upload, remove that folder (and only it).
+    # Local: encode next to the target, so publishing is a rename on the same disk.
+    temp_dir = Path(storage.local_scratch("avtime-synth-")) if storage.is_s3(out) else None
+    folder = temp_dir if temp_dir is not None else Path(target).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    local = folder / f".{job.name}.{os.getpid()}.partial.mp4"
+    try:
+        write_av(
+            local,
+            render_frames(plan),
+            plan.fps,
+            audio,
+            plan.sample_rate,
+            crf=cfg.crf,
+            preset=cfg.preset,
+            audio_bitrate=cfg.audio_bitrate,
+            threads=1,
+        )
+        storage.put_file(local, target)
+    finally:
+        local.unlink(missing_ok=True)
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
     meta = video_meta(plan, cfg, job.rel_path)
-    meta_path = out / "meta" / f"{job.name}.json"
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(meta, indent=1))
+    storage.write_bytes(
+        storage.join(out, "meta", f"{job.name}.json"), json.dumps(meta, indent=1).encode()
+    )
     return meta
 
 
@@ -815,8 +835,9 @@ def generate_corpus(
     `workers` processes render and encode in parallel (default: the CPUs this process may use);
     the output does not depend on it. `on_progress` is called once per finished video.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = str(out_dir)
+    storage.check_location(out, must_exist=False)
+    storage.makedirs(out)
     jobs = plan_corpus(cfg)
     n_workers = min(workers or default_workers(), len(jobs))
     metas: dict[int, dict[str, Any]] = {}
@@ -827,18 +848,19 @@ def generate_corpus(
                 on_progress(metas[job.index])
     else:
         with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_make_video_star, (cfg, job, str(out))) for job in jobs]
+            futures = [pool.submit(_make_video_star, (cfg, job, out)) for job in jobs]
             for fut in as_completed(futures):
                 meta = fut.result()
                 metas[meta["index"]] = meta
                 if on_progress:
                     on_progress(meta)
     ordered = [metas[j.index] for j in jobs]
-    with open(out / "labels.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split"])
-        for m in ordered:
-            writer.writerow([m["path"], m["label"], m["split"]])
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["path", "label", "split"])
+    for m in ordered:
+        writer.writerow([m["path"], m["label"], m["split"]])
+    storage.write_bytes(storage.join(out, "labels.csv"), rows.getvalue().encode())
     summary = {
         "config": asdict(cfg),
         "classes": cfg.class_names,
@@ -854,5 +876,5 @@ def generate_corpus(
         },
         "time_code": asdict(gt.AUDIO_TIME_CODE),
     }
-    (out / "synth.json").write_text(json.dumps(summary, indent=1))
+    storage.write_bytes(storage.join(out, "synth.json"), json.dumps(summary, indent=1).encode())
     return ordered

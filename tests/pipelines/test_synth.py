@@ -417,3 +417,30 @@ def test_write_av_video_only_mono_and_other_containers(tmp_path: Path) -> None:
     assert len(decode_frames(tmp_path / "m.mkv")) == 12
     with pytest.raises(ValueError):
         write_av(tmp_path / "odd.mp4", np.zeros((2, 63, 96, 3), np.uint8), 25)
+
+
+@pytest.mark.integration
+def test_corpus_on_s3(s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """OUT may be an s3:// URI (SeaweedFS here): videos are uploaded whole, then the CSV.
+
+    The local scratch folder is removed, and nothing else in the temp dir is touched.
+    """
+    import tempfile
+
+    from pipelines import storage
+
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    (temp_root / "someone-elses-file").write_text("keep me")
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    root = s3_env.bucket("synth-test") + "/corpus"
+    metas = generate_corpus(root, SynthConfig(videos=2, seconds=0.5, seed=9), workers=1)
+    assert sorted(p.name for p in temp_root.iterdir()) == ["someone-elses-file"]
+    rows = list(csv.DictReader(io.StringIO(storage.read_bytes(root + "/labels.csv").decode())))
+    assert [r["path"] for r in rows] == [m["path"] for m in metas]
+    local = tmp_path / "v.mp4"
+    storage.get_file(f"{root}/{rows[0]['path']}", local)
+    assert len(decode_frames(local)) == metas[0]["num_frames"]
+    meta = json.loads(storage.read_bytes(f"{root}/meta/{metas[0]['name']}.json"))
+    assert meta["path"] == rows[0]["path"]
+    assert not [p for p in storage.list_files(root) if "partial" in p]
