@@ -44,7 +44,7 @@ class MotionClass:
 CLASSES: tuple[MotionClass, ...] = (
     MotionClass("drop", "drop", 1.0, (0.66, 0.78)),  # falls from the top, bounces in place
     MotionClass("throw", "throw", 1.0, (0.66, 0.78)),  # thrown sideways, bounces along
-    MotionClass("slide", "slide", 1.0, (0.15, 0.25)),  # lands low and slides to a stop
+    MotionClass("slide", "slide", 1.0, (0.15, 0.25)),  # thrown flat and fast, slides to a stop
     MotionClass("lob", "lob", 1.0, (0.66, 0.78)),  # tossed up high, slow sideways
     MotionClass("drop_dead", "drop", 1.0, (0.30, 0.42)),  # clay: few, dull bounces
     MotionClass("throw_fast", "throw", 1.8, (0.66, 0.78)),
@@ -141,9 +141,9 @@ def launch_state(
     if mclass.launch == "throw":
         x, y = -r, rng.uniform(0.45, 0.8)
         vx, vy = rng.uniform(0.5, 0.7) * k, rng.uniform(0.0, 0.5)
-    elif mclass.launch == "slide":
-        x, y = -r, r + rng.uniform(0.03, 0.08)
-        vx, vy = rng.uniform(0.95, 1.25) * k, 0.0
+    elif mclass.launch == "slide":  # a flat, fast throw: lands with a thud, then slides
+        x, y = -r, rng.uniform(0.35, 0.75)
+        vx, vy = rng.uniform(0.95, 1.25) * k, rng.uniform(0.0, 0.3)
     else:  # lob
         x, y = -r, rng.uniform(0.12, 0.3)
         vx, vy = rng.uniform(0.28, 0.42) * k, rng.uniform(2.3, 2.8)
