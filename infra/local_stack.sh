@@ -152,6 +152,10 @@ start_ray() {
   log "Ray head: dashboard http://127.0.0.1:$DASH_PORT, GCS 127.0.0.1:$RAY_PORT (pid $pid)"
 }
 
+group_alive() {  # group_alive PGID: true while a live (non-zombie) process is in the group
+  ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}'
+}
+
 stop_one() {  # stop_one NAME: TERM its process group, then KILL what is left after 15 s
   local name="$1" pid
   pid="$(pid_of "$name")"
@@ -160,10 +164,11 @@ stop_one() {  # stop_one NAME: TERM its process group, then KILL what is left af
     || die "$name: pid $pid is not the leader of its own process group; not stopping it"
   kill -TERM -- "-$pid" 2>/dev/null || true
   for _ in $(seq 30); do
-    kill -0 -- "-$pid" 2>/dev/null || break
+    group_alive "$pid" || break
     sleep 0.5
   done
   kill -KILL -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 20); do group_alive "$pid" || break; sleep 0.25; done
   rm -f "$DIR/pids/$name.pid"
   log "$name: stopped (process group $pid)"
 }
