@@ -118,7 +118,8 @@ class Encoder:
         with torch.inference_mode(), _autocast(self.device):
             for name, net in self.nets.items():
                 if len(batch[name]) == 0:  # a block whose rows were all filtered out
-                    out[f"feat_{name}"] = np.zeros((0, int(net.out_dim)), np.float32)
+                    dim = int(net.out_dim)  # type: ignore[arg-type]
+                    out[f"feat_{name}"] = np.zeros((0, dim), dtype=np.float32)
                     continue
                 x = torch.from_numpy(np.ascontiguousarray(batch[name])).to(self.device)
                 out[f"feat_{name}"] = net(x).float().cpu().numpy()
