@@ -10,7 +10,8 @@
    w_vv = w_va = 0). Runs land in the MLflow experiment `avtime-ablation` under the workdir.
 3. Each checkpoint, and the randomly initialised demo model per seed, is evaluated on the
    evaluation corpus with the `folder` adapter: linear probe top-1 and retrieval R@k, from one
-   feature extraction; both are logged as eval runs linked to their pretraining run. The full
+   feature extraction, plus a linear probe on the audio features (train/test split of the same
+   corpus); all are logged as eval runs linked to their pretraining run. The full
    method (first seed) and random init also run the fingerprint protocol (mild distortions).
 4. Prints a markdown table: mean +- std over seeds, and the difference to random init.
 
@@ -104,6 +105,7 @@ def evaluate(
     from training.eval.protocols import (
         EvalContext,
         run_action_linear,
+        run_audio,
         run_retrieval,
         train_test_video_features,
     )
@@ -116,15 +118,16 @@ def evaluate(
         clip=ClipConfig.from_run(loaded.cfg, args.clips),
         ingest=IngestConfig(),
     )
-    feats = train_test_video_features(ctx)
+    feats = train_test_video_features(ctx, ("video", "audio"))
     res: dict[str, Any] = {"action": run_action_linear(ctx, feats)}
     res["retrieval"] = run_retrieval(ctx, feats)
+    res["audio"] = run_audio(ctx, feats)
     if fingerprint:
         fp = FingerprintConfig(distortions="mild", max_videos=args.fingerprint_videos)
         res["fingerprint"] = run_fingerprint(ctx, fp)
     params = {"checkpoint": checkpoint, "seed": seed, "bench": "ablation", "clips": args.clips}
     for proto, result in res.items():
-        mode = "linear" if proto == "action" else None
+        mode = "linear" if proto in ("action", "audio") else None
         log_eval(
             protocol=proto, dataset="folder", params=params, result=result,
             parent_run_id=loaded.parent_run_id, prefix=metric_prefix(proto, "folder", None, mode),
@@ -144,13 +147,18 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown table: linear top-1 and retrieval R@k (percent, mean ± std over seeds)."""
     keys = ["R@1", "R@5", "R@10", "R@20"]
     lines = [
-        "| variant | seeds | linear top-1 | " + " | ".join(f"retrieval {k}" for k in keys) + " |",
-        "|---|---|---|" + "---|" * len(keys),
+        "| variant | seeds | video linear top-1 | "
+        + " | ".join(f"retrieval {k}" for k in keys)
+        + " | audio linear top-1 |",
+        "|---|---|---|" + "---|" * (len(keys) + 1),
     ]
     for name, runs in results.items():
         top1 = [r["action"]["top1"] for r in runs]
         cells = [_fmt([r["retrieval"][k] for r in runs]) for k in keys]
-        lines.append(f"| {name} | {len(runs)} | {_fmt(top1)} | " + " | ".join(cells) + " |")
+        audio = _fmt([r["audio"]["mean_accuracy"] for r in runs if "audio" in r])
+        lines.append(
+            f"| {name} | {len(runs)} | {_fmt(top1)} | " + " | ".join(cells) + f" | {audio} |"
+        )
     return "\n".join(lines)
 
 
@@ -167,10 +175,15 @@ def differences(results: dict[str, list[dict[str, Any]]]) -> list[str]:
             continue
         top1 = statistics.fmean(r["action"]["top1"] for r in runs)
         r1 = statistics.fmean(r["retrieval"]["R@1"] for r in runs)
-        out.append(
-            f"{name} vs random init: linear top-1 {100 * (top1 - b_top1):+.1f} points, "
+        line = (
+            f"{name} vs random init: video linear top-1 {100 * (top1 - b_top1):+.1f} points, "
             f"retrieval R@1 {100 * (r1 - b_r1):+.1f} points"
         )
+        if all("audio" in r for r in runs + base):
+            a = statistics.fmean(r["audio"]["mean_accuracy"] for r in runs)
+            b_a = statistics.fmean(r["audio"]["mean_accuracy"] for r in base)
+            line += f", audio linear top-1 {100 * (a - b_a):+.1f} points"
+        out.append(line)
     return out
 
 

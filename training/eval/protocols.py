@@ -118,10 +118,12 @@ def train_test(ctx: EvalContext) -> tuple[dict[str, str], dict[str, str]]:
     return split_sources(ctx.listing, "train"), split_sources(ctx.listing, "test")
 
 
-def train_test_video_features(ctx: EvalContext) -> ClipFeatures:
-    """Video clip features of the train and test videos (one extraction for both protocols)."""
+def train_test_video_features(
+    ctx: EvalContext, modalities: tuple[str, ...] = ("video",)
+) -> ClipFeatures:
+    """Clip features of the train and test videos (one extraction for several protocols)."""
     train, test = train_test(ctx)
-    feats = ctx.features(("video",), set(train) | set(test))
+    feats = ctx.features(modalities, set(train) | set(test))
     _report_missing(ctx.listing, feats, set(train) | set(test))
     return feats
 
@@ -185,11 +187,12 @@ def _audio_file_features(ctx: EvalContext) -> tuple[torch.Tensor, list[str]]:
     return mean, keys
 
 
-def run_audio(ctx: EvalContext) -> dict[str, object]:
+def run_audio(ctx: EvalContext, feats: ClipFeatures | None = None) -> dict[str, object]:
     """Linear classifier on frozen, file-averaged audio features.
 
     ESC-50: 5-fold cross-validation (train on 4 folds, test on the 5th); other datasets: their
-    train/test split with audio taken from the video files. Returns mean and per-fold accuracy.
+    train/test split with audio taken from the video files (`feats`: already extracted clip
+    features with audio, if any). Returns mean and per-fold accuracy.
     """
     if ctx.loaded.model.audio is None:
         raise ValueError("this checkpoint's model has no audio encoder (no loss term used audio)")
@@ -202,7 +205,8 @@ def run_audio(ctx: EvalContext) -> dict[str, object]:
     else:
         for s in ("train", "test"):
             _need_split(ctx.listing, s)
-        feats = ctx.features(("audio",), None)
+        if feats is None or feats.audio is None:
+            feats = ctx.features(("audio",), None)
         assert feats.audio is not None
         keep = [i for i, h in enumerate(feats.has_audio.tolist()) if h > 0]
         keys, x = average_by_group(feats.audio[keep], [feats.source[i] for i in keep])
