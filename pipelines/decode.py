@@ -33,6 +33,7 @@ from pipelines.config import IngestConfig
 from pipelines.decode_audio import AudioTrack
 
 SCALE_FLAGS = "fast_bilinear"
+MAX_BAD_PACKETS = 200  # undecodable packets skipped before a file counts as broken
 
 
 class DecodeError(Exception):
@@ -165,6 +166,7 @@ class SegmentDecoder:
         self.error: DecodeError | None = None  # set when decoding stopped early
         self.has_audio = False
         self.frames_decoded = 0
+        self.bad_packets = 0
 
     def _check_time(self) -> None:
         if time.monotonic() > self.deadline:
@@ -230,7 +232,7 @@ class _Timeline:
     def run(self, container: Any) -> Iterator[Segment]:
         dec = self.dec
         try:
-            for frame in container.decode(self.vs):
+            for frame in self._frames(container):
                 dec._check_time()
                 done = yield from self._push(frame)
                 if done:
@@ -239,6 +241,10 @@ class _Timeline:
             dec.error = exc
         except (av.error.FFmpegError, ValueError, MemoryError) as exc:
             dec.error = DecodeError("decode", "CorruptFile", f"decoding stopped: {exc}")
+        if dec.error is None and dec.bad_packets:
+            dec.error = DecodeError(
+                "decode", "CorruptPackets", f"skipped {dec.bad_packets} undecodable video packets"
+            )
         if self.prev is None:
             err = dec.error or DecodeError("decode", "NoFrames", "no video frame could be decoded")
             dec.error = None
@@ -249,6 +255,19 @@ class _Timeline:
         yield from self._emit_until(end)
         if self.pending:
             yield self._segment()
+
+    def _frames(self, container: Any) -> Iterator[Any]:
+        """Decoded frames; a packet the decoder refuses is skipped (up to a limit)."""
+        dec = self.dec
+        for packet in container.demux(self.vs):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                dec.bad_packets += 1
+                if dec.bad_packets > MAX_BAD_PACKETS:
+                    raise
+                continue
+            yield from frames
 
     def _frame_time(self, frame: Any) -> Fraction | None:
         if frame.pts is None or frame.time_base is None:

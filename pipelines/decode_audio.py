@@ -14,6 +14,7 @@ from typing import Any
 import av
 import numpy as np
 
+MAX_BAD_PACKETS = 200
 JITTER_S = 0.002  # timestamp jitter treated as continuous audio (not a gap or an overlap)
 
 
@@ -68,8 +69,16 @@ class AudioTrack:
                     pos = round(out.pts * out.time_base * self.sr) - self.offset
                 yield pos, out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
 
+        bad = 0
         for packet in self.container.demux(self.stream):
-            for frame in packet.decode():
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                bad += 1  # a damaged packet: its samples become a gap (silence)
+                if bad > MAX_BAD_PACKETS:
+                    raise
+                continue
+            for frame in frames:
                 yield from convert(self.resampler.resample(frame))
         yield from convert(self.resampler.resample(None))
 

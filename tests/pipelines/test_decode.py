@@ -223,3 +223,21 @@ def test_png_frames(corpus: dict[str, Path]) -> None:
     seg = decode(corpus["mp4"], IngestConfig(frame_format="png"))[0]
     assert seg.frames[0][:8] == b"\x89PNG\r\n\x1a\n"
     assert read_index(rgb(seg.frames[7])) == 7
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("ext", ["mp4", "mkv", "avi"])
+def test_corrupt_bytes_mid_file_keep_what_decodes(tmp_path: Path, ext: str) -> None:
+    path = write_media(tmp_path / f"c.{ext}", Spec(seconds=3.0))
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    for i in rng.integers(int(len(data) * 0.3), int(len(data) * 0.7), size=200):
+        data[i] = int(rng.integers(256))
+    path.write_bytes(bytes(data))
+    dec = SegmentDecoder(str(path), CFG)
+    segs = list(dec.segments())  # never raises for a file whose start decodes
+    frames = [f for s in segs for f in s.frames]
+    assert [read_index(rgb(f)) for f in frames[:8]] == list(range(8))  # before the damage
+    if ext == "mp4":  # the index is intact: bad packets are skipped and decoding goes on
+        assert len(frames) == 75 and dec.error is not None
+        assert dec.error.error_type == "CorruptPackets"

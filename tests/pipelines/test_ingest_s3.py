@@ -3,19 +3,27 @@ written to S3 through s3fs/pyarrow, resume, and clear fast failures for bad endp
 
 from __future__ import annotations
 
+import http.client
+import io
 import os
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlparse
 
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipelines import storage
 from pipelines.config import IngestConfig
 from pipelines.ingest import run_ingest
+from pipelines.ingest_worker import process_group
+from pipelines.listing import InputItem
 from tests.media import Spec, write_bytes_file, write_media
 from tests.pipelines.ingest_helpers import check_contract, read_dst, row_digests, shard_files
 from tests.servers import S3Server
@@ -147,3 +155,101 @@ def test_refused_credentials_and_missing_bucket(s3_src: str, s3_server: S3Server
     assert out.returncode == 1 and "refused" in out.stderr and "wrong-secret" not in out.stderr
     out = _cli(["s3://no-such-bucket/videos", "s3://avtime-out/x"], s3_server.env)
     assert out.returncode == 1 and "does not exist" in out.stderr
+
+
+class FlakyS3Proxy:
+    """An HTTP proxy in front of the real S3 that answers every `fail_every`-th request with
+    503 SlowDown (a transient error) and forwards the others unchanged."""
+
+    def __init__(self, upstream: str, fail_every: int) -> None:
+        self.upstream = urlparse(upstream)
+        self.fail_every, self.requests, self.failed = fail_every, 0, 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, and "100 Continue" for uploads
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", ""):
+                    out = io.BytesIO()
+                    while size := int(self.rfile.readline().split(b";")[0], 16):
+                        out.write(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return out.getvalue()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                with proxy.lock:
+                    proxy.requests += 1
+                    fail = proxy.requests % proxy.fail_every == 0
+                    proxy.failed += int(fail)
+                if fail:
+                    msg = b"<Error><Code>SlowDown</Code><Message>try again</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"
+                }
+                headers["Content-Length"] = str(len(body))
+                up = proxy.upstream
+                conn = http.client.HTTPConnection(up.hostname or "", up.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                skip = ("transfer-encoding", "connection")
+                if self.command != "HEAD":  # a HEAD answer keeps the object's length
+                    skip += ("content-length",)
+                for k, v in resp.getheaders():
+                    if k.lower() not in skip:
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.integration
+def test_transient_s3_errors_are_retried(
+    s3_src: str, s3_ray: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = FlakyS3Proxy(s3_ray.endpoint, fail_every=3)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    try:
+        items = [InputItem(source=f"{s3_src}/videos/{n}") for n in ("a.mp4", "c.mkv")]
+        dst = "s3://avtime-out/flaky"
+        marker = process_group(0, items, dst, CFG)  # the worker's code path, in this process
+        assert [o["reject"] for o in marker["outcomes"]] == [None, None]
+        assert [o["rows"] for o in marker["outcomes"]] == [2, 2]
+        fs, root = storage.arrow_filesystem(dst)
+        rows = 0
+        for shard in marker["shards"]:
+            table = pq.read_table(f"{root}/{shard['path']}", filesystem=fs)
+            rows += table.num_rows
+            Image.open(io.BytesIO(table.column("frames")[0].as_py()[-1])).load()
+        assert rows == 4
+        assert storage.exists(f"{dst}/_progress/group-00000.json")
+    finally:
+        proxy.close()
+    assert proxy.failed >= 3  # the job really met (and survived) transient errors
