@@ -40,6 +40,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "temporal-only": ("loss.w_vv=0", "loss.w_va=0"),
 }
 EXPERIMENT = "avtime-ablation"
+RUN_BY_DEFAULT = False  # hours on a small machine: `python -m bench ablation` runs it
 
 
 def _avtime(*argv: str, cwd: Path) -> dict[str, Any]:

@@ -1,6 +1,13 @@
 """The paper's transfer protocols: action recognition, retrieval, audio classification and
-robust fingerprinting, on features from a pretrained (or randomly initialised) AVModel.
+robust fingerprinting, on features of a pretrained (or randomly initialised) AVModel.
 
-See docs/eval.md. Pure tensor code lives in `linear`, `metrics`; Ray Data feature extraction in
-`features`; decoding/caching of datasets in `cache`; the protocols in `protocols`.
+Modules (see docs/eval.md):
+- `model_io`: load a checkpoint (or `random`); `clips`: deterministic evaluation clips;
+- `cache`: decode a dataset through the ingest job into cached shards;
+- `features`: Ray Data feature extraction (clip tasks -> encoder actors);
+- `linear`, `metrics`: logistic-regression probe, R@k and instance retrieval (pure torch);
+- `protocols` (action linear, retrieval, audio), `finetune`, `fingerprint`: the protocols;
+- `mlflow_log`: the eval run, linked to the pretraining run; `audio_io`: wav decoding;
+- `fabricate`: tiny datasets in each official layout, for tests and demos.
+Dataset adapters and distortions live in `pipelines.adapters` and `pipelines.distortions`.
 """
