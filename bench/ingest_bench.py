@@ -250,6 +250,8 @@ def _print_ratios(r: dict[str, Any]) -> None:
         row(f"P1 ffmpeg wall / {label} wall", v, "target >= 0.8", None if v is None else v >= 0.8)
     v = None if ff is None else ff[1] / r["cli_cpu"]
     row("P1 ffmpeg CPU s / avtime preprocess CPU s", v, "(contention-free view)", None)
+    v = None if ff is None else ff[1] / r["steady_cpu"]
+    row("P1 ffmpeg CPU s / steady CPU s", v, "(contention-free view)", None)
     sc = r["scale"]
     row(f"P1 scaling: 1 worker wall / {r['workers']} workers wall", sc, "target >= 1.8", sc >= 1.8)
     p4 = r["rss4"] / r["rss1"]
@@ -257,7 +259,8 @@ def _print_ratios(r: dict[str, Any]) -> None:
     p5 = r["p5"]["raw"] / r["p5"]["bytes"]
     row("P5 raw uint8 frames / shard bytes", p5, "target >= 8", p5 >= 8)
     kbps = r["p5"]["bytes"] / r["p5"]["seconds"] / 1024
-    row("P5 shard KB per second of video", kbps, f"(of which audio {RATE * 2 / 1024:.1f})", None)
+    pcm = RATE * 2 / 1024
+    row("P5 shard KB per second of video", kbps, f"(raw PCM audio alone: {pcm:.1f})", None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "4x":
             r["cli"], r["cli_cpu"] = out["wall"], out["cpu"]
     steady = run_steady(big, work, sorted({1, args.workers}), args.repeat)
-    r["steady"] = steady[args.workers][0]
+    r["steady"], r["steady_cpu"] = steady[args.workers]
     r["scale"] = steady[1][0] / steady[args.workers][0]
     for n, (sec, cpu) in steady.items():
         print(f"steady state (Ray up), {n} worker(s), {len(files)} files: {sec:.1f} s wall, "

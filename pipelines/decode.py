@@ -255,6 +255,8 @@ class _Timeline:
         yield from self._emit_until(end)
         if self.pending:
             yield self._segment()
+        if self.i == 0:
+            raise DecodeError("decode", "EmptyRange", "no video frame inside the requested range")
 
     def _frames(self, container: Any) -> Iterator[Any]:
         """Decoded frames; a packet the decoder refuses is skipped (up to a limit)."""

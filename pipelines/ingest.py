@@ -149,13 +149,13 @@ def _init_ray(workers: int) -> None:
 
 
 def _run_groups(
-    groups: list[dict[str, Any]], dst: str, cfg: IngestConfig, workers: int
+    groups: list[dict[str, Any]], dst: str, cfg: IngestConfig, workers: int, cpus: float
 ) -> list[dict[str, Any]]:
     import ray
 
     ds: Any = ray.data.from_items(groups, override_num_blocks=len(groups))
     ds = ds.map_batches(
-        map_groups, batch_size=1, num_cpus=1,
+        map_groups, batch_size=1, num_cpus=cpus,
         compute=ray.data.TaskPoolStrategy(size=min(workers, len(groups))),
         fn_kwargs={"dst": dst, "cfg": config_dict(cfg), "threads": 1},
     )  # fmt: skip
@@ -168,9 +168,10 @@ def _run_groups(
         raise IngestError(f"ingest task failed: {type(cause).__name__}: {cause}") from None
 
 
-def _finish(
-    dst: str, cfg: IngestConfig, items: list[InputItem], markers: list[dict[str, Any]]
-) -> IngestResult:
+def _tally(
+    items: list[InputItem], markers: list[dict[str, Any]]
+) -> tuple[IngestResult, list[schema.Reject], list[str]]:
+    """Totals, rejects and all input sources (this listing first) over every marker."""
     res = IngestResult()
     rejects: list[schema.Reject] = []
     known: list[str] = [it.source for it in items]
@@ -191,6 +192,14 @@ def _finish(
         res.shards.extend(m["shards"])
     res.rejects = len(rejects)
     res.shards.sort(key=lambda s: s["path"])
+    return res, rejects, known
+
+
+def _finish(
+    dst: str, cfg: IngestConfig, items: list[InputItem], markers: list[dict[str, Any]]
+) -> IngestResult:
+    """Write rejects.parquet, then manifest.json (last); return the totals."""
+    res, rejects, known = _tally(items, markers)
     _write_rejects(dst, rejects)
     partial = [
         {"source": o["source"], "warning": o["warning"]}
@@ -220,9 +229,19 @@ def _write_rejects(dst: str, rejects: list[schema.Reject]) -> None:
 
 
 def run_ingest(
-    src: str, dst: str, cfg: IngestConfig, *, labels: str | None = None, workers: int | None = None
+    src: str,
+    dst: str,
+    cfg: IngestConfig,
+    *,
+    labels: str | None = None,
+    workers: int | None = None,
+    cpus_per_task: float = 1.0,
 ) -> IngestResult:
-    """Run the whole job; raise IngestError/StorageError on a job-level failure."""
+    """Run the whole job; raise IngestError/StorageError on a job-level failure.
+
+    `workers` tasks run at once, each reserving `cpus_per_task` logical CPUs (fractions let the
+    job share a cluster with Ray Train workers). Uses the running Ray if there is one.
+    """  # fmt: skip
     t_start = time.monotonic()
     workers = workers or os.cpu_count() or 1
     storage.check_location(src, must_exist=True)
@@ -238,7 +257,8 @@ def run_ingest(
     if pending:
         first = max((int(m["group"]) for m in markers), default=-1) + 1
         _init_ray(workers)
-        fresh = _run_groups(_groups(pending, first, workers, cfg), dst, cfg, workers)
+        groups = _groups(pending, first, workers, cfg)
+        fresh = _run_groups(groups, dst, cfg, workers, cpus_per_task)
     res = _finish(dst, cfg, items, markers + fresh)
     res.run_video_seconds = sum(o["seconds"] for m in fresh for o in m["outcomes"])
     if not storage.is_s3(dst):

@@ -93,6 +93,10 @@ def list_inputs(src: str, labels_csv: str | None = None) -> tuple[list[InputItem
 
 
 def _scan(src: str) -> tuple[list[InputItem], int]:
+    if PurePosixPath(src).suffix.lower() in MEDIA_EXTENSIONS and (
+        os.path.isfile(src) or (storage.is_s3(src) and storage.exists(src))
+    ):  # a single video
+        return [InputItem(source=src if storage.is_s3(src) else os.path.abspath(src))], 0
     if not storage.is_s3(src) and not os.path.isdir(src):
         raise ListingError(
             f"SRC {src} is neither a folder, an s3:// prefix, nor a .csv/.jsonl listing"

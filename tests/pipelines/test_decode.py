@@ -241,3 +241,10 @@ def test_corrupt_bytes_mid_file_keep_what_decodes(tmp_path: Path, ext: str) -> N
     if ext == "mp4":  # the index is intact: bad packets are skipped and decoding goes on
         assert len(frames) == 75 and dec.error is not None
         assert dec.error.error_type == "CorruptPackets"
+
+
+@pytest.mark.integration
+def test_a_range_past_the_end_is_a_reject(corpus: dict[str, Path]) -> None:
+    with pytest.raises(DecodeError) as err:
+        decode(corpus["mp4"], start_s=30.0, end_s=40.0)
+    assert err.value.error_type == "EmptyRange"

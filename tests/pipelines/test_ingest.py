@@ -179,6 +179,8 @@ def test_jsonl_listing_and_labels_csv(tmp_path: Path) -> None:
         ("a.mp4", "walk", "train"), ("b.MKV", "run", None),
     ]  # fmt: skip
     assert skipped == 2
+    single, _ = list_inputs(str(tmp_path / "v" / "a.mp4"))  # one file is a SRC too
+    assert single == [InputItem(source=str(tmp_path / "v" / "a.mp4"))]
     jsonl = tmp_path / "l.jsonl"
     lines = [{"uri": "s3://b/x.mp4", "label": "a", "start_s": 1.5, "end_s": 3}, {"path": "y.mp4"}]
     jsonl.write_text("\n".join(json.dumps(x) for x in lines + lines[:1]))
