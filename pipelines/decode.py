@@ -218,7 +218,10 @@ class _Timeline:
         self.i = 0  # next stored frame index
         self.prev: Any = None
         self.prev_t = Fraction(0)
-        self.prev_dur: Fraction | None = None
+        self.before_prev_t: Fraction | None = None  # time of the frame before `prev`
+        self.next_t = Fraction(0)  # stored time of frame i (kept in step with i)
+        self.step = 1 / dec.fps
+        self.tb: Fraction | None = vs.time_base
         self.encoder: FrameEncoder | None = None
         self.serial = 0  # bumped whenever `prev` changes
         self.cache: tuple[int, bytes] | None = None  # (serial of the encoded frame, bytes)
@@ -249,7 +252,7 @@ class _Timeline:
             err = dec.error or DecodeError("decode", "NoFrames", "no video frame could be decoded")
             dec.error = None
             raise err
-        end = self.prev_t + (self.prev_dur or 1 / dec.fps)
+        end = self.prev_t + (self._last_duration() or self.step)
         if dec.range_end is not None:
             end = min(end, dec.range_end)
         yield from self._emit_until(end)
@@ -272,11 +275,13 @@ class _Timeline:
             yield from frames
 
     def _frame_time(self, frame: Any) -> Fraction | None:
-        if frame.pts is None or frame.time_base is None:
+        tb = self.tb or frame.time_base
+        if frame.pts is None or tb is None:
             if self.prev is None:
                 return None
-            return self.prev_t + (self.prev_dur or 1 / self.dec.fps)
-        return frame.pts * frame.time_base - self.origin
+            return self.prev_t + (self._last_duration() or self.step)
+        t = frame.pts * tb
+        return t - self.origin if self.origin else t
 
     def _push(self, frame: Any) -> Generator[Segment, None, bool]:
         """Handle one decoded frame; return True (via StopIteration value) when past the range."""
@@ -285,7 +290,7 @@ class _Timeline:
             return False  # no usable timestamp, or out of order: skip
         self.dec.frames_decoded += 1
         if self.prev is None:
-            self.t0 = max(self.dec.range_start, t)
+            self.t0 = self.next_t = max(self.dec.range_start, t)
             rot = normalize_rotation(frame.rotation or 0)
             w, h = output_size(frame.width, frame.height, self.vs.sample_aspect_ratio, rot,
                                self.dec.cfg.short_side)  # fmt: skip
@@ -294,29 +299,33 @@ class _Timeline:
             yield from self._emit_until(t)
         if self.dec.range_end is not None and t >= self.dec.range_end:
             return True
-        self.prev_dur = self._duration(frame, t)
+        self.before_prev_t = self.prev_t if self.prev is not None else None
         self.prev, self.prev_t = frame, t
         self.serial += 1
         return False
 
-    def _duration(self, frame: Any, t: Fraction) -> Fraction | None:
-        if frame.duration and frame.time_base is not None:
-            return Fraction(frame.duration) * frame.time_base
-        if self.prev is not None:
-            return t - self.prev_t
+    def _last_duration(self) -> Fraction | None:
+        """Duration of `prev`: its own, else the gap before it, else 1 / the stream rate."""
+        frame = self.prev
+        tb = self.tb or (frame.time_base if frame is not None else None)
+        if frame is not None and frame.duration and tb is not None:
+            return Fraction(frame.duration) * tb
+        if self.before_prev_t is not None:
+            return self.prev_t - self.before_prev_t
         rate = self.vs.average_rate or self.vs.guessed_rate
         return 1 / Fraction(rate) if rate else None
 
     def _emit_until(self, t: Fraction) -> Iterator[Segment]:
         """Emit stored frames (copies of `prev`) for every stored time < t."""
-        while self.stored_time(self.i) < t:
-            if self.dec.range_end is not None and self.stored_time(self.i) >= self.dec.range_end:
-                return
+        if self.dec.range_end is not None and self.dec.range_end < t:
+            t = self.dec.range_end
+        while self.next_t < t:
             assert self.encoder is not None
             if self.cache is None or self.cache[0] != self.serial:
                 self.cache = (self.serial, self.encoder.encode(self.prev))
             self.pending.append(self.cache[1])
             self.i += 1
+            self.next_t += self.step
             if len(self.pending) == self.dec.seg_frames:
                 yield self._segment()
 
