@@ -38,6 +38,7 @@ def _summary(module_name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """List, or run the named (default: all) benchmarks; the worst exit status wins."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:

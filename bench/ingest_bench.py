@@ -264,6 +264,7 @@ def _print_ratios(r: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Build the corpora, run every measurement, print the ratios."""
     p = argparse.ArgumentParser(prog="python -m bench.ingest_bench", description=__doc__)
     p.add_argument("--workdir", default=str(Path.home() / ".cache" / "avtime" / "bench-ingest"))
     p.add_argument("--videos", type=int, default=96, help="P1 corpus (= the P4 4x corpus)")

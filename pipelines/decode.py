@@ -233,6 +233,7 @@ class _Timeline:
         return self.t0 + i / self.dec.fps
 
     def run(self, container: Any) -> Iterator[Segment]:
+        """Decode everything, emit stored frames as segments; errors are kept, not raised."""
         dec = self.dec
         try:
             for frame in self._frames(container):

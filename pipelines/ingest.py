@@ -70,12 +70,14 @@ class IngestResult:
 
 
 def config_dict(cfg: IngestConfig) -> dict[str, Any]:
+    """The config as plain JSON-able values."""
     from training.configlib import to_dict
 
     return to_dict(cfg)
 
 
 def code_version() -> str:
+    """The installed avtime version (recorded in the manifest)."""
     try:
         from importlib.metadata import version
 

@@ -10,6 +10,7 @@ from pipelines.config import IngestConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command line of `avtime preprocess` (defaults from IngestConfig)."""
     d = IngestConfig()
     parser.add_argument(
         "src", metavar="SRC", help="folder, s3://bucket/prefix, or .csv/.jsonl listing"
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the job; 0 = success, 1 = nothing usable / too many rejects / job error, 2 = usage."""
     from pipelines.ingest import IngestError, run_ingest
     from pipelines.listing import ListingError
     from pipelines.storage import StorageError
