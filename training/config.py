@@ -46,6 +46,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     max_failures: int = 2
+    keep_checkpoints: int = 0  # newest checkpoints kept in storage; 0 = all
     storage_path: str = ""  # local path or s3://...; "" = <workdir>/checkpoints
     seed: int = 0
 
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError("num_workers, steps and log_every must be >= 1")
         if self.checkpoint_every < 1 or self.max_failures < -1 or self.cpus_per_worker <= 0:
             raise ValueError("checkpoint_every >= 1, max_failures >= -1, cpus_per_worker > 0")
+        if self.keep_checkpoints < 0:
+            raise ValueError("keep_checkpoints must be >= 0 (0 keeps all)")
 
 
 @dataclass(frozen=True, kw_only=True)

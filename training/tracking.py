@@ -166,6 +166,13 @@ def log_artifact_file(uri: str, run_id: str, local_path: str | Path, artifact_pa
     MlflowClient(tracking_uri=uri).log_artifact(run_id, str(local_path), artifact_path)
 
 
+def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
+    """Set one tag on a run (URL user info removed)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).set_tag(run_id, key, redact_url(value))
+
+
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run terminated (the rank-0 worker usually did already)."""
     from mlflow import MlflowClient
