@@ -14,7 +14,9 @@ from training.configlib import ConfigError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.synth import CLASSES
 
-    parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
+    parser.add_argument(
+        "out", metavar="OUT", help="output folder (created if missing) or s3://bucket/prefix"
+    )
     parser.add_argument("--videos", type=int, required=True, help="number of videos")
     parser.add_argument("--seconds", type=float, default=10.0, help="mean duration (default 10)")
     parser.add_argument(
