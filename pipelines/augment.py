@@ -2,8 +2,9 @@
 
 Every function is pure given its `rng` (numpy Generator). The parameters of a video clip are drawn
 once per clip (`draw_video_aug`) and applied to every frame, so augmentation never changes the
-temporal content. With `AugmentConfig.enabled = False` every clip gets the deterministic centre
-square crop resized to `crop_size`, no flip, no jitter, no gain and no noise.
+temporal content. With `AugmentConfig.enabled = False` every clip shows the whole stored frame
+resized to `crop_size` x `crop_size` (the aspect ratio is not kept, nothing is cut off), with no
+flip, no jitter, no gain and no noise.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def draw_video_aug(
     j = cfg.color_jitter
     b, c, s = rng.uniform(max(0.0, 1.0 - j), 1.0 + j, size=3)
     if not cfg.enabled:
-        return VideoAug(box=centre_box(width, height), flip=False)
+        return VideoAug(box=(0, 0, width, height), flip=False)
     return VideoAug(
         box=box,
         flip=flip and cfg.flip,

@@ -21,8 +21,8 @@ import numpy as np
 from pipelines import storage
 from pipelines.config import DataConfig
 from pipelines.pretext import audio_length
-from pipelines.render import DEFAULT_SAMPLE_RATE, Example, make_example
-from pipelines.schema import is_shard_name
+from pipelines.render import DEFAULT_SAMPLE_RATE, Example, make_example, row_geometry
+from pipelines.schema import MANIFEST_NAME, is_shard_name, parse_manifest
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -47,6 +47,38 @@ def shard_paths(shards_uri: str) -> list[str]:
             f"no shards (part-*.parquet) under {shards_uri}; run `avtime preprocess SRC DST` first"
         )
     return paths
+
+
+def shards_sample_rate(shards_uri: str) -> int:
+    """The stored audio rate from the shards' manifest.json (IngestConfig.sample_rate), or
+    DEFAULT_SAMPLE_RATE when there is no manifest. Used for segments without audio."""
+    uri = storage.join(shards_uri, MANIFEST_NAME)
+    if not storage.exists(uri):
+        return DEFAULT_SAMPLE_RATE
+    doc = parse_manifest(storage.read_bytes(uri))
+    return int(doc["config"].get("sample_rate", DEFAULT_SAMPLE_RATE))
+
+
+def segment_stats(
+    shards_uri: str, cfg: DataConfig, sample_rate: int | None = None
+) -> dict[str, int]:
+    """How the short-segment rule treats the shards' segments: counts of "ok", "restricted"
+    (some large speeds dropped for that segment), "skipped" (no example drawn) and "no_audio".
+    Reads only metadata columns."""
+    import pyarrow.parquet as pq
+
+    sr = shards_sample_rate(shards_uri) if sample_rate is None else sample_rate
+    fs, _ = storage.arrow_filesystem(shards_uri)
+    counts = {"ok": 0, "restricted": 0, "skipped": 0, "no_audio": 0}
+    for p in shard_paths(shards_uri):
+        path = storage.s3_path(p) if storage.is_s3(p) else p
+        cols = ["num_frames", "fps", "sample_rate", "num_samples"]
+        for row in pq.read_table(path, columns=cols, filesystem=fs).to_pylist():
+            row["audio"] = b"" if row["num_samples"] > 0 else None
+            _, table = row_geometry(row, cfg, sr)
+            counts[table.status] += 1
+            counts["no_audio"] += row["audio"] is None
+    return counts
 
 
 def _words(text: str) -> list[int]:
@@ -190,7 +222,7 @@ def build_pretext_dataset(
     *,
     epoch: int = 0,
     epochs: int = 1,
-    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    sample_rate: int | None = None,
 ) -> ray.data.Dataset:
     """A Ray Dataset of pretext examples for epochs [epoch, epoch + epochs) (CONTRACTS.md 2).
 
@@ -204,6 +236,7 @@ def build_pretext_dataset(
 
     ray.data.DataContext.get_current().use_datasource_v2 = False
     paths = shard_paths(shards_uri)
+    sr = shards_sample_rate(shards_uri) if sample_rate is None else sample_rate
     fs, _ = storage.arrow_filesystem(shards_uri)
     if storage.is_s3(shards_uri):
         paths = [storage.s3_path(p) for p in paths]
@@ -216,7 +249,7 @@ def build_pretext_dataset(
             batch_size=data_cfg.stream.rows_per_task,
             batch_format="pyarrow",
             num_cpus=data_cfg.stream.cpus_per_task,
-            fn_kwargs={"cfg": data_cfg, "epoch": e, "sample_rate": sample_rate},
+            fn_kwargs={"cfg": data_cfg, "epoch": e, "sample_rate": sr},
         )
         datasets.append(ds)
     return datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
@@ -229,13 +262,14 @@ def iter_pretext_examples(
     epoch: int = 0,
     worker: int = 0,
     num_workers: int = 1,
-    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    sample_rate: int | None = None,
 ) -> Iterator[Example]:
     """The same examples in plain Python: shards in an order shuffled by (seed, epoch), this
     worker's share of the row groups (round robin), rows of a row group in shuffled order."""
     import pyarrow.parquet as pq
 
     paths = shard_paths(shards_uri)
+    sr = shards_sample_rate(shards_uri) if sample_rate is None else sample_rate
     fs, _ = storage.arrow_filesystem(shards_uri)
     rng = np.random.default_rng([data_cfg.stream.seed, epoch, 0xF11E])
     unit = 0
@@ -249,4 +283,4 @@ def iter_pretext_examples(
                     continue
                 table = pf.read_row_group(g, columns=COLUMNS)
                 for i in rng.permutation(table.num_rows):
-                    yield from sample_row(_RowView(table, int(i)), data_cfg, epoch, sample_rate)
+                    yield from sample_row(_RowView(table, int(i)), data_cfg, epoch, sr)

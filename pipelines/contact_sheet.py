@@ -1,0 +1,107 @@
+"""A PNG contact sheet of pretext examples: every frame, every label and both waveforms.
+
+Input is the dict that `avtime sample` saves (`video` uint8 [N, 2, T, H, W, 3], `video_t`,
+`audio` float32 [N, 2, L], `audio_span`, `audio_speed`, `audio_reverse`, `label_*`). One block
+per example: a header with the order labels, then for each clip i its caption (speed, direction,
+source times) above its T frames, and audio clip i's caption beside its waveform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ORDER_SHORT = ("1st<2nd", "2nd<1st", "overlap")
+PAD = 6
+TEXT_H = 13
+WAVE_H = 36
+MAX_FRAME = 96  # frames are shown at most this many pixels wide
+
+
+def _frame_size(h: int, w: int) -> tuple[int, int]:
+    scale = min(1.0, MAX_FRAME / max(h, w))
+    return max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+
+
+def _header(d: Mapping[str, np.ndarray], i: int) -> str:
+    av = d["label_av_order"][i]
+    return (
+        f"#{i}  order v1,v2: {ORDER_SHORT[int(d['label_video_order'][i])]}   "
+        f"a1,a2: {ORDER_SHORT[int(d['label_audio_order'][i])]}   "
+        f"v1,a2: {ORDER_SHORT[int(av[0])]}   v2,a1: {ORDER_SHORT[int(av[1])]}"
+    )
+
+
+def _video_caption(d: Mapping[str, np.ndarray], i: int, c: int, speeds: Sequence[int]) -> str:
+    s = speeds[int(d["label_video_speed"][i, c])]
+    rev = "reverse" if int(d["label_video_reverse"][i, c]) else "forward"
+    t = d["video_t"][i, c]
+    return f"v{c + 1}  x{s} {rev}  frames show t = {t[0]:.2f} .. {t[-1]:.2f} s"
+
+
+def _audio_caption(d: Mapping[str, np.ndarray], i: int, c: int, speeds: Sequence[int]) -> str:
+    s = speeds[int(d["label_audio_speed"][i, c])]
+    rev = "reverse" if int(d["label_audio_reverse"][i, c]) else "forward"
+    a0, a1 = d["audio_span"][i, c]
+    silent = " (no audio)" if "has_audio" in d and not float(d["has_audio"][i]) else ""
+    return f"a{c + 1}  x{s} {rev}  covers {a0:.2f} .. {a1:.2f} s{silent}"
+
+
+def _draw_wave(draw: ImageDraw.ImageDraw, wave: np.ndarray, x0: int, y0: int, width: int) -> None:
+    """Min/max envelope of `wave` in a width x WAVE_H box (grey axis, blue trace)."""
+    mid = y0 + WAVE_H // 2
+    draw.rectangle((x0, y0, x0 + width - 1, y0 + WAVE_H - 1), outline=(200, 200, 200))
+    draw.line((x0, mid, x0 + width - 1, mid), fill=(200, 200, 200))
+    if wave.size == 0:
+        return
+    cols = np.array_split(np.asarray(wave, dtype=np.float32), width)
+    scale = (WAVE_H / 2 - 1) / max(float(np.max(np.abs(wave))), 1e-3)
+    for k, col in enumerate(cols):
+        if col.size:
+            lo, hi = float(col.min()), float(col.max())
+            draw.line((x0 + k, mid - hi * scale, x0 + k, mid - lo * scale), fill=(30, 70, 200))
+
+
+def render_sheet(
+    d: Mapping[str, np.ndarray], speeds: Sequence[int], max_examples: int = 8
+) -> Image.Image:
+    """The contact sheet image of the first `max_examples` examples of a sample dict."""
+    video = d["video"]
+    n = min(max_examples, video.shape[0])
+    _, _, t, h, w, _ = video.shape
+    fw, fh = _frame_size(h, w)
+    width = PAD + t * fw + PAD
+    block = TEXT_H + 2 * (TEXT_H + fh) + 2 * (TEXT_H + WAVE_H) + 2 * PAD
+    sheet = Image.new("RGB", (max(width, 560), max(1, n) * block), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i in range(n):
+        y = i * block
+        draw.text((PAD, y), _header(d, i), fill=(160, 0, 0))
+        y += TEXT_H
+        for c in range(2):
+            draw.text((PAD, y), _video_caption(d, i, c, speeds), fill="black")
+            y += TEXT_H
+            for f in range(t):
+                im = Image.fromarray(np.ascontiguousarray(video[i, c, f]))
+                sheet.paste(im.resize((fw, fh), Image.Resampling.BILINEAR), (PAD + f * fw, y))
+            y += fh
+        for c in range(2):
+            draw.text((PAD, y), _audio_caption(d, i, c, speeds), fill="black")
+            y += TEXT_H
+            _draw_wave(draw, d["audio"][i, c], PAD, y, t * fw)
+            y += WAVE_H
+        draw.line((0, (i + 1) * block - 2, sheet.width, (i + 1) * block - 2), fill=(120, 120, 120))
+    return sheet
+
+
+def save_sheet(
+    d: Mapping[str, np.ndarray], speeds: Sequence[int], path: str | Path, max_examples: int = 8
+) -> Path:
+    """Write the contact sheet PNG to `path` and return it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    render_sheet(d, speeds, max_examples).save(out, format="PNG")
+    return out
