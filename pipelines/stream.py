@@ -284,3 +284,49 @@ def iter_pretext_examples(
                 table = pf.read_row_group(g, columns=COLUMNS)
                 for i in rng.permutation(table.num_rows):
                     yield from sample_row(_RowView(table, int(i)), data_cfg, epoch, sr)
+
+
+def iter_pretext_batches(
+    shards_uri: str,
+    data_cfg: DataConfig,
+    *,
+    epoch: int = 0,
+    worker: int = 0,
+    num_workers: int = 1,
+    sample_rate: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Contract batches (CONTRACTS.md section 2) of `stream.batch_size` examples, in plain Python;
+    the last batch may be smaller."""
+    sr = shards_sample_rate(shards_uri) if sample_rate is None else sample_rate
+    it = iter_pretext_examples(
+        shards_uri, data_cfg, epoch=epoch, worker=worker, num_workers=num_workers, sample_rate=sr
+    )
+    buf: list[Example] = []
+    for ex in it:
+        buf.append(ex)
+        if len(buf) == data_cfg.stream.batch_size:
+            yield to_batch(buf, data_cfg, sample_rate=sr)
+            buf = []
+    if buf:
+        yield to_batch(buf, data_cfg, sample_rate=sr)
+
+
+def torch_iterable(shards_uri: str, data_cfg: DataConfig, *, epoch: int = 0) -> Any:
+    """A `torch.utils.data.IterableDataset` of contract batches for a plain DataLoader baseline:
+    `DataLoader(torch_iterable(...), batch_size=None, num_workers=k)`; each DataLoader worker
+    samples its own share of the row groups."""
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+
+    sr = shards_sample_rate(shards_uri)
+
+    class _Batches(IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+            info = get_worker_info()
+            worker, n = (info.id, info.num_workers) if info is not None else (0, 1)
+            for batch in iter_pretext_batches(
+                shards_uri, data_cfg, epoch=epoch, worker=worker, num_workers=n, sample_rate=sr
+            ):
+                yield {k: torch.from_numpy(v) for k, v in batch.items()}
+
+    return _Batches()
