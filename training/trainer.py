@@ -84,16 +84,23 @@ class Storage:
         return f"s3://{path}" if storage.is_s3(self.uri) else path
 
 
-def ensure_ray(tcfg: TrainConfig) -> None:
-    """Connect to `RAY_ADDRESS`, or start a local Ray whose CPUs fit the workers and Ray Data."""
+def ensure_local_ray(min_cpus: float = 1.0) -> None:
+    """Connect to `RAY_ADDRESS`, else start a local Ray with at least `min_cpus` logical CPUs."""
     import ray
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=True)
-        else:
-            need = tcfg.num_workers * tcfg.cpus_per_worker + MIN_DATA_CPUS
-            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)))
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
+
+
+def ensure_ray(tcfg: TrainConfig) -> None:
+    """`ensure_local_ray` with room for the workers and Ray Data; check the budget."""
+    import ray
+
+    ensure_local_ray(tcfg.num_workers * tcfg.cpus_per_worker + MIN_DATA_CPUS)
     check_resources(tcfg, ray.cluster_resources())
 
 
