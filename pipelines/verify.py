@@ -190,6 +190,7 @@ def ensure_ray() -> None:
         return
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray.init(include_dashboard=False, log_to_driver=False)
 
 

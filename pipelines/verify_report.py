@@ -277,6 +277,8 @@ def write_png(report: VerifyReport, path: str | Path) -> None:
 
 def _bars(ax: Any, counts: dict[str, int], title: str, color: str = "tab:blue") -> None:
     names = list(counts)
-    ax.barh(names[::-1], [counts[n] for n in names][::-1], color=color)
+    bars = ax.barh(names[::-1], [counts[n] for n in names][::-1], color=color)
+    ax.bar_label(bars, fontsize=8, padding=2)
+    ax.margins(x=0.12)
     ax.set_title(title)
     ax.tick_params(axis="y", labelsize=8)
