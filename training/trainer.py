@@ -92,8 +92,9 @@ def ensure_local_ray(min_cpus: float = 1.0) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), include_dashboard=False)
 
 
 def ensure_ray(tcfg: TrainConfig) -> None:
