@@ -61,7 +61,8 @@ def verify_dataset(
     storage.check_location(uri, must_exist=True)
     manifest, problems = load_manifest(uri)
     listed = _listed_shards(manifest)
-    problems += shard_presence_problems(uri, listed)
+    notes: list[str] = []
+    problems += shard_presence_problems(uri, listed, notes)
     missing = {p.shard for p in problems if p.kind == "missing_shard"}
     present = [name for name in listed if name not in missing]
     records = run_shard_checks(
@@ -78,7 +79,6 @@ def verify_dataset(
     complete = not missing and not any(p.kind == "shard_read" for p in problems)
     problems += duplicate_problems(rows)
     problems += tiling_problems(rows, check_indices=complete)
-    notes: list[str] = []
     problems += count_problems(manifest, listed, shard_recs, rows, uri, complete, notes)
     return build_report(
         uri=uri,
@@ -132,14 +132,28 @@ def _listed_shards(manifest: dict[str, Any]) -> list[str]:
 def _relative(found: str, base: str) -> str:
     """`found` (a URI/path listed under `base`) relative to `base`, with '/' separators."""
     if storage.is_s3(base):
-        return found[len(base.rstrip("/")) + 1 :]
+        return storage.s3_path(found)[len(storage.s3_path(base)) + 1 :]
     return PurePosixPath(os.path.relpath(found, os.path.abspath(base))).as_posix()
 
 
-def shard_presence_problems(uri: str, listed: list[str]) -> list[Problem]:
-    """missing_shard for listed shards that do not exist; stray_shard for unlisted shard files."""
+def _is_scratch(rel: str) -> bool:
+    """True under a folder named `_*` or `.*` (preprocess's `_tmp/` scratch and `_progress/`)."""
+    return any(part.startswith(("_", ".")) for part in rel.split("/")[:-1])
+
+
+def shard_presence_problems(
+    uri: str, listed: list[str], notes: list[str] | None = None
+) -> list[Problem]:
+    """missing_shard for listed shards that do not exist; stray_shard for unlisted shard files.
+
+    Shard-named files in scratch folders (`_tmp/`, left by an interrupted preprocess) are not
+    strays: no reader lists them, and the next preprocess run removes them; a note counts them.
+    """
     on_disk = {_relative(f, uri) for f in storage.list_files(uri, recursive=True)}
-    shards_on_disk = {f for f in on_disk if is_shard_name(f)}
+    scratch = {f for f in on_disk if _is_scratch(f) and is_shard_name(f)}
+    shards_on_disk = {f for f in on_disk - scratch if is_shard_name(f)}
+    if scratch and notes is not None:
+        notes.append(f"{len(scratch)} unfinished shard files in scratch folders (e.g. _tmp/)")
     out = [
         Problem(kind="missing_shard", shard=name, detail="listed in manifest.json, not found")
         for name in listed

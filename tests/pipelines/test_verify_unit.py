@@ -176,13 +176,17 @@ def test_presence_finds_missing_and_stray_shards(tmp_path: Path) -> None:
     for name in ("part-00000-000.parquet", "part-00009-000.parquet", ".part-x.parquet.tmp"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "rejects.parquet").write_bytes(b"x")
+    (tmp_path / "_tmp" / "abc").mkdir(parents=True)
+    (tmp_path / "_tmp" / "abc" / "part-00003-000.parquet").write_bytes(b"x")
+    notes: list[str] = []
     found = shard_presence_problems(
-        str(tmp_path), ["part-00000-000.parquet", "part-00001-000.parquet"]
+        str(tmp_path), ["part-00000-000.parquet", "part-00001-000.parquet"], notes
     )
     assert sorted((p.kind, p.shard) for p in found) == [
         ("missing_shard", "part-00001-000.parquet"),
         ("stray_shard", "part-00009-000.parquet"),
     ]
+    assert notes == ["1 unfinished shard files in scratch folders (e.g. _tmp/)"]
 
 
 @pytest.mark.unit
