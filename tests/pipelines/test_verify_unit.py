@@ -236,3 +236,29 @@ def test_report_summary_json_and_png(tmp_path: Path) -> None:
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown problem kind"):
         Problem(kind="bogus", detail="")
+
+
+@pytest.mark.unit
+def test_cli_cannot_verify_exits_2_with_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main
+
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path), "--sample-fraction", "1.5"]) == 2
+    assert "--sample-fraction must be in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_dead_s3_endpoint_fails_fast_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.storage import StorageError
+    from pipelines.verify import verify_dataset
+    from tests.servers import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    with pytest.raises(StorageError, match="cannot connect") as info:
+        verify_dataset("s3://bucket/shards")
+    assert endpoint in str(info.value) and "very-secret-value" not in str(info.value)
