@@ -110,6 +110,7 @@ def sample_row(
         ex = make_example(row, cfg, rng, sample_rate=sample_rate)
         if ex is not None:
             ex["example_key"] = np.array(example_key(vid, seg, repeat), dtype=np.int64)
+            ex["video_id"], ex["segment"] = np.array(vid), np.array(seg, dtype=np.int64)
             out.append(ex)
     return out
 

@@ -108,7 +108,7 @@ def test_epochs_union_and_s3(ray_local: None, shards: str, s3_env: Any) -> None:
     assert segment_stats(remote, CFG)["skipped"] == 1
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_plain_iterator_workers_split_and_torch_loader(shards: str) -> None:
     import torch
 
