@@ -99,12 +99,18 @@ def apply_color(clip: np.ndarray, aug: VideoAug) -> np.ndarray:
         return clip
     t, h, w, _ = clip.shape
     tall = Image.fromarray(np.ascontiguousarray(clip).reshape(t * h, w, 3))
+    return np.asarray(color_image(tall, aug)).reshape(t, h, w, 3)
+
+
+def color_image(tall: Image.Image, aug: VideoAug) -> Image.Image:
+    """`apply_color` on a clip already laid out as one tall RGB image (frames stacked)."""
+    if not aug.jitter:
+        return tall
     grey = tall.convert("L")
     if aug.saturation != 1.0:
         tall = Image.blend(Image.merge("RGB", (grey, grey, grey)), tall, aug.saturation)
     mean = float(np.asarray(grey)[::2, ::2].mean())
-    tall = tall.point(color_lut(aug, mean))
-    return np.asarray(tall).reshape(t, h, w, 3)
+    return tall.point(color_lut(aug, mean))
 
 
 def augment_audio(wave: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.augment import VideoAug, apply_color, augment_audio, draw_video_aug
+from pipelines.augment import VideoAug, augment_audio, color_image, draw_video_aug
 from pipelines.config import DataConfig
 from pipelines.pretext import (
     ClipPlan,
@@ -52,31 +52,50 @@ def row_geometry(
     return geom, speed_table(geom, cfg.pretext.speeds, cfg.pretext.short_segment_rule)
 
 
+def decode_frame(data: bytes, width: int, height: int, reduce: int) -> Image.Image:
+    """One stored frame as an RGB image, JPEGs decoded at 1/`reduce` scale in the DCT.
+
+    RGB JPEGs of the row's known size go straight to libjpeg (`Image.frombytes`), skipping
+    Pillow's Python header parser; anything else (PNG, greyscale) goes through `Image.open`.
+    """
+    if data[:2] == b"\xff\xd8":
+        try:
+            size = (math.ceil(width / reduce), math.ceil(height / reduce))
+            return Image.frombytes("RGB", size, data, "jpeg", "RGB", "", reduce)
+        except (OSError, ValueError):
+            pass
+    im: Image.Image = Image.open(io.BytesIO(data))
+    if reduce > 1:
+        im.draft("RGB", (math.ceil(width / reduce), math.ceil(height / reduce)))
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
 def decode_clip(
-    frames: Sequence[bytes], indices: np.ndarray, aug: VideoAug, size: int
+    frames: Sequence[bytes],
+    indices: np.ndarray,
+    aug: VideoAug,
+    size: int,
+    frame_size: tuple[int, int],
 ) -> np.ndarray:
     """Decode `frames[indices]`, crop `aug.box`, resize to size x size, jitter and flip.
 
-    Returns uint8 [T, S, S, 3]. JPEG frames are decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`)
-    when the crop box stays at least `size` pixels wide at that scale.
+    `frame_size` is the stored (width, height). Returns uint8 [T, S, S, 3]. JPEG frames are
+    decoded at 1/2, 1/4 or 1/8 scale when the crop box stays at least `size` pixels wide at that
+    scale. The resized frames are pasted into one tall image, so the colour jitter and the
+    conversion to numpy run once per clip.
     """
+    width, height = frame_size
     left, top, right, bottom = aug.box
     reduce = 1
     while reduce < 8 and min(right - left, bottom - top) >= 2 * reduce * size:
         reduce *= 2
-    out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    tall = Image.new("RGB", (size, size * len(indices)))
     for k, i in enumerate(indices):
-        im: Image.Image = Image.open(io.BytesIO(frames[int(i)]))
-        full_w, full_h = im.size
-        if reduce > 1:
-            im.draft("RGB", (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
-        sx, sy = im.size[0] / full_w, im.size[1] / full_h
-        if im.mode != "RGB":
-            im = im.convert("RGB")
+        im = decode_frame(frames[int(i)], width, height, reduce)
+        sx, sy = im.size[0] / width, im.size[1] / height
         box = (left * sx, top * sy, right * sx, bottom * sy)
-        im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
-        out[k] = np.asarray(im)
-    out = apply_color(out, aug)
+        tall.paste(im.resize((size, size), Image.Resampling.BILINEAR, box=box), (0, k * size))
+    out = np.asarray(color_image(tall, aug)).reshape(len(indices), size, size, 3)
     return out[:, :, ::-1] if aug.flip else out
 
 
@@ -147,7 +166,7 @@ def make_example(
     size = cfg.augment.crop_size
     video = np.stack(
         [
-            decode_clip(frames, c.frame_indices(geom.clip_frames), aug, size)
+            decode_clip(frames, c.frame_indices(geom.clip_frames), aug, size, (width, height))
             for c, aug in zip(plan.clips, augs)
         ]
     )

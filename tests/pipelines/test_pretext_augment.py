@@ -44,8 +44,8 @@ def test_one_augmentation_per_clip_constant_in_time() -> None:
 def test_flip_mirrors_and_crop_box() -> None:
     frames = [gradient_jpeg()]
     box = (10, 4, 74, 60)
-    plain = decode_clip(frames, np.array([0]), VideoAug(box=box, flip=False), 32)
-    flipped = decode_clip(frames, np.array([0]), VideoAug(box=box, flip=True), 32)
+    plain = decode_clip(frames, np.array([0]), VideoAug(box=box, flip=False), 32, (96, 64))
+    flipped = decode_clip(frames, np.array([0]), VideoAug(box=box, flip=True), 32, (96, 64))
     np.testing.assert_array_equal(flipped, plain[:, :, ::-1])
     # red rises left to right inside the crop, from about 255*10/95 to 255*74/95
     red = plain[0, 16, :, 0].astype(float)
@@ -97,3 +97,14 @@ def test_audio_gain_noise_and_off() -> None:
     assert 0.4 * rms < float(resid.std()) < 0.6 * rms
     off = augment_audio(wave, AugmentConfig(enabled=False, audio_noise=0.5), rng)
     np.testing.assert_array_equal(off, wave)
+
+
+@pytest.mark.unit
+def test_reduced_jpeg_decode_matches_full_decode() -> None:
+    """A crop much larger than the output is decoded at 1/2 or 1/4 scale in the DCT; the result
+    stays close to a full decode resized with Pillow."""
+    frames = [gradient_jpeg(192, 128)]
+    box = (0, 0, 192, 128)
+    small = decode_clip(frames, np.array([0]), VideoAug(box=box, flip=False), 16, (192, 128))
+    full = Image.open(io.BytesIO(frames[0])).convert("RGB").resize((16, 16), Image.Resampling.BOX)
+    assert np.abs(small[0].astype(int) - np.asarray(full).astype(int)).mean() < 4
