@@ -3,7 +3,8 @@
 Input is the dict that `avtime sample` saves (`video` uint8 [N, 2, T, H, W, 3], `video_t`,
 `audio` float32 [N, 2, L], `audio_span`, `audio_speed`, `audio_reverse`, `label_*`). One block
 per example: a header with the order labels, then for each clip i its caption (speed, direction,
-source times) above its T frames, and audio clip i's caption beside its waveform.
+source times) above its T frames, and audio clip i's caption above its waveform (left) and its
+spectrogram (right; a sped-up clip sits higher, a reversed chirp runs the other way).
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def _draw_wave(draw: ImageDraw.ImageDraw, wave: np.ndarray, x0: int, y0: int, wi
             draw.line((x0 + k, mid - hi * scale, x0 + k, mid - lo * scale), fill=(30, 70, 200))
 
 
+def spectrogram_image(wave: np.ndarray, width: int, height: int) -> Image.Image:
+    """Log-magnitude spectrogram (256-sample Hann windows, low frequencies at the bottom)."""
+    x = np.asarray(wave, dtype=np.float32)
+    n, hop = 256, 128
+    if x.size < n:
+        x = np.pad(x, (0, n - x.size))
+    starts = np.arange(0, x.size - n + 1, hop)
+    frames = np.stack([x[s : s + n] for s in starts]) * np.hanning(n).astype(np.float32)
+    mag = np.log10(np.abs(np.fft.rfft(frames, axis=1)) + 1e-4).T[::-1]  # [F, time]
+    lo, hi = float(mag.min()), float(mag.max())
+    grey = ((mag - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+    return Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR).convert("RGB")
+
+
 def render_sheet(
     d: Mapping[str, np.ndarray], speeds: Sequence[int], max_examples: int = 8
 ) -> Image.Image:
@@ -91,7 +106,9 @@ def render_sheet(
         for c in range(2):
             draw.text((PAD, y), _audio_caption(d, i, c, speeds), fill="black")
             y += TEXT_H
-            _draw_wave(draw, d["audio"][i, c], PAD, y, t * fw)
+            half = t * fw // 2
+            _draw_wave(draw, d["audio"][i, c], PAD, y, half - PAD // 2)
+            sheet.paste(spectrogram_image(d["audio"][i, c], half, WAVE_H), (PAD + half, y))
             y += WAVE_H
         draw.line((0, (i + 1) * block - 2, sheet.width, (i + 1) * block - 2), fill=(120, 120, 120))
     return sheet
