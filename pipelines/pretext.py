@@ -192,10 +192,8 @@ def _cells(geom: Geometry, speeds: tuple[int, int, int, int], cls: int) -> _Cell
     intersection over the four pairs is again a range.
     """
     sv1, sa1, sv2, sa2 = speeds
-    f1 = valid_starts(geom, sv1, sa1)
-    f2 = valid_starts(geom, sv2, sa2)
-    s1 = _spans(geom, f1, sv1, sa1)
-    s2 = _spans(geom, f2, sv2, sa2)
+    f1, s1 = _clip_spans(geom, sv1, sa1)
+    f2, s2 = _clip_spans(geom, sv2, sa2)
     n2 = len(f2)
     first_after = np.zeros(len(f1), dtype=np.int64)  # max over pairs: first f2 idx with X before Y
     last_before = np.full(len(f1), n2 - 1, dtype=np.int64)  # min: last f2 idx with Y before X
@@ -218,9 +216,27 @@ def _cells(geom: Geometry, speeds: tuple[int, int, int, int], cls: int) -> _Cell
     return _Cells(f1=f1, f2=f2, lo=lo, counts=counts, cum=np.cumsum(counts))
 
 
+@functools.lru_cache(maxsize=4096)
+def _clip_spans(geom: Geometry, vs: int, sa: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    f = valid_starts(geom, vs, sa)
+    return f, _spans(geom, f, vs, sa)
+
+
 def tuple_feasible(geom: Geometry, speeds: tuple[int, int, int, int]) -> bool:
-    """True when all three order classes can be realised with speeds (v1, a1, v2, a2)."""
-    return all(_cells(geom, speeds, c).total > 0 for c in range(3))
+    """True when all three order classes can be realised with speeds (v1, a1, v2, a2).
+
+    Classes 0 and 1 are checked at the extreme start pairs (clip 1 first and clip 2 last, and
+    the reverse), which are the most separated; the overlap class through `_cells`.
+    """
+    sv1, sa1, sv2, sa2 = speeds
+    f1, s1 = _clip_spans(geom, sv1, sa1)
+    f2, s2 = _clip_spans(geom, sv2, sa2)
+    if not len(f1) or not len(f2):
+        return False
+    for x, y in _PAIRS:
+        if s1[x + "1"][0] > s2[y + "0"][-1] or s2[y + "1"][0] > s1[x + "0"][-1]:
+            return False
+    return _cells(geom, speeds, 2).total > 0
 
 
 @dataclass(frozen=True)
@@ -228,7 +244,7 @@ class SpeedTable:
     """The speed distribution of one segment geometry.
 
     `tuples[k]` is (i_v1, i_a1, i_v2, i_a2), indices into `speeds`; `probs[k]` its probability.
-    Each clip's speed marginal is uniform over `speeds` (to within 1e-6), and every listed tuple
+    Each clip's speed marginal is uniform over `speeds` (to within 1e-3), and every listed tuple
     admits all three order classes. `status` is "ok", "restricted" (the largest configured speeds
     were dropped for this segment) or "skipped" (no speed fits; `tuples` is empty).
     """
@@ -239,23 +255,33 @@ class SpeedTable:
     status: str
 
 
-def _ipf_uniform(tuples: np.ndarray, n: int, iters: int = 5000, tol: float = 1e-9) -> np.ndarray:
-    """Probabilities on `tuples` ([K, 4] indices < n) with uniform marginals, by iterative
-    proportional fitting from uniform (the max-entropy such table); NaNs if it does not exist."""
+def _marginal_error(tuples: np.ndarray, p: np.ndarray, n: int) -> float:
+    return max(
+        float(np.abs(np.bincount(tuples[:, j], weights=p, minlength=n) - 1 / n).max())
+        for j in range(4)
+    )
+
+
+def _ipf_uniform(tuples: np.ndarray, n: int, iters: int = 2000, tol: float = 1e-3) -> np.ndarray:
+    """Probabilities on `tuples` ([K, 4] indices < n) whose four marginals are uniform to within
+    `tol`, by iterative proportional fitting from uniform (towards the max-entropy such table;
+    run to 1e-9 where it converges fast); NaNs when none exists (a marginal is empty, or the fit
+    stalls far from uniform)."""
     p = np.full(len(tuples), 1.0 / len(tuples))
-    for _ in range(iters):
+    err = 1.0
+    for it in range(iters):
         for j in range(4):
             marg = np.bincount(tuples[:, j], weights=p, minlength=n)
             if np.any(marg <= 0):
                 return np.full(len(tuples), np.nan)
             p = p * (1.0 / n) / marg[tuples[:, j]]
-        errs = [
-            np.abs(np.bincount(tuples[:, j], weights=p, minlength=n) - 1 / n).max()
-            for j in range(4)
-        ]
-        if max(errs) < tol:
-            return p / p.sum()
-    return np.full(len(tuples), np.nan)
+        if it % 10 == 0 or it == iters - 1:
+            err = _marginal_error(tuples, p, n)
+            if err < 1e-9 or (it >= 200 and err < tol):
+                break
+            if it >= 200 and err > 0.02:  # stalled: no table with these marginals
+                break
+    return p / p.sum() if err < tol else np.full(len(tuples), np.nan)
 
 
 @functools.lru_cache(maxsize=1024)
