@@ -128,10 +128,12 @@ def to_batch(
     t, s = cfg.pretext.clip_frames, cfg.augment.crop_size
     if not examples:
         return _empty_batch(cfg, sample_rate)
-    video = np.stack([e["video"] for e in examples])  # [B, 2, T, S, S, 3]
+    video = np.empty((2, len(examples), 3, t, s, s), dtype=np.uint8)
+    for b, e in enumerate(examples):  # one copy each: [2, T, S, S, 3] -> [2, 3, T, S, S]
+        video[:, b] = e["video"].transpose(0, 4, 1, 2, 3)
     out = {
-        "video1": np.ascontiguousarray(video[:, 0].transpose(0, 4, 1, 2, 3)),
-        "video2": np.ascontiguousarray(video[:, 1].transpose(0, 4, 1, 2, 3)),
+        "video1": video[0],
+        "video2": video[1],
         "audio1": np.stack([e["audio"][0] for e in examples]),
         "audio2": np.stack([e["audio"][1] for e in examples]),
         "has_audio": np.stack([e["has_audio"] for e in examples]).astype(np.float32),
