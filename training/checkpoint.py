@@ -27,6 +27,7 @@ META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
 DIR_PREFIX = "step_"
 FORMAT_VERSION = 1
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of committed checkpoints
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,24 +109,40 @@ def fetch(uri: str) -> tuple[Path, Path | None]:
 
 
 def find_latest(fs: Any, run_dir: str) -> tuple[str, CheckpointMeta] | None:
-    """The newest complete checkpoint under `run_dir` of pyarrow filesystem `fs`, or None.
+    """The newest complete, committed checkpoint under `run_dir` of pyarrow filesystem `fs`.
 
-    Complete means its `meta.json` and `state.pt` are both there. Returns (path, meta).
+    Committed means Ray Train registered it: it is listed in the run's
+    `checkpoint_manager_snapshot.json` (a folder uploaded just before a crash is not, and
+    Ray restores the one before). Without a snapshot, every `step_*` folder counts. Complete
+    means its `meta.json` and `state.pt` are both there. Returns (path, meta) or None.
     """
     import pyarrow.fs as pafs
 
-    info = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True, recursive=False))
-    names = sorted(
-        (i.base_name for i in info if i.type == pafs.FileType.Directory),
-        reverse=True,
-    )
-    for name in names:
-        if not name.startswith(DIR_PREFIX):
-            continue
-        folder = f"{run_dir.rstrip('/')}/{name}"
+    base = run_dir.rstrip("/")
+    names = _committed(fs, base)
+    if names is None:
+        info = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=False))
+        names = [i.base_name for i in info if i.type == pafs.FileType.Directory]
+    for name in sorted((n for n in names if n.startswith(DIR_PREFIX)), reverse=True):
+        folder = f"{base}/{name}"
         state, meta_path = fs.get_file_info([f"{folder}/{STATE_FILE}", f"{folder}/{META_FILE}"])
         if state.type != pafs.FileType.File or meta_path.type != pafs.FileType.File:
             continue
         with fs.open_input_stream(meta_path.path) as f:
             return folder, CheckpointMeta.from_json(f.read().decode())
     return None
+
+
+def _committed(fs: Any, run_dir: str) -> list[str] | None:
+    """Checkpoint folder names in Ray Train's snapshot of the run, or None without one."""
+    import pyarrow.fs as pafs
+
+    path = f"{run_dir}/{RAY_SNAPSHOT}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    try:
+        with fs.open_input_stream(path) as f:
+            doc = json.loads(f.read().decode())
+        return [str(r["checkpoint_dir_name"]) for r in doc.get("checkpoint_results", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

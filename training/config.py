@@ -132,7 +132,7 @@ def smoke() -> RunConfig:
             base.data,
             pretext=replace(base.data.pretext, clip_frames=4),
             augment=replace(base.data.augment, crop_size=32),
-            stream=replace(base.data.stream, batch_size=4, rows_per_task=2),
+            stream=replace(base.data.stream, batch_size=4, rows_per_task=2, examples_per_row=4),
         ),
         model=replace(base.model, tiny_width=8, embed_dim=16, proj_hidden=32, head_hidden=32),
         loss=replace(base.loss, queue_size=64, knn_k=2),

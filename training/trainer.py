@@ -6,7 +6,7 @@ Ray Data), opens or continues the MLflow run, builds the trainer and runs `fit()
 - `datasets={"train": StreamFactory(...)}`: Ray Train calls the factory each time it starts a
   worker group, so after a failure the stream restarts at the data epoch of the latest checkpoint.
   The factory's dataset covers every epoch the remaining steps need, in one pass.
-- `DataConfig`: Ray Data may use every CPU the training workers do not hold.
+- `DataConfig`: Ray Data may use every CPU the training workers do not hold (a resource limit).
 - `RunConfig(name, storage_path, FailureConfig(max_failures))`: checkpoints land in
   `<storage>/<name>/step_XXXXXXXX` (local or s3://); rerunning the same command resumes there.
 """
@@ -105,6 +105,13 @@ def ensure_ray(tcfg: TrainConfig) -> None:
     check_resources(tcfg, ray.cluster_resources())
 
 
+def cluster_cpus() -> float:
+    """Logical CPUs of the connected Ray cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
 def check_resources(tcfg: TrainConfig, resources: dict[str, float]) -> None:
     """Raise ValueError if the workers would take every CPU (Ray Data would then starve)."""
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
@@ -197,9 +204,7 @@ def build_trainer(
     per_worker: dict[str, float] = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         per_worker["GPU"] = 1.0
-    train_res = ExecutionResources(
-        cpu=t.num_workers * t.cpus_per_worker, gpu=t.num_workers if t.use_gpu else 0
-    )
+    data_cpus = max(MIN_DATA_CPUS, cluster_cpus() - t.num_workers * t.cpus_per_worker)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(req.cfg, job),
@@ -209,7 +214,7 @@ def build_trainer(
         datasets={"train": factory},
         dataset_config=DataConfig(
             datasets_to_split="all",
-            execution_options=ExecutionOptions(exclude_resources=train_res),
+            execution_options=ExecutionOptions(resource_limits=ExecutionResources(cpu=data_cpus)),
         ),
         run_config=RayRunConfig(
             name=name,

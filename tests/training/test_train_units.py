@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -134,6 +135,10 @@ def test_checkpoint_loads_with_weights_only_and_finds_latest(tmp_path: Path) -> 
     assert meta.mlflow_run_id == "r" and set(state) == {"model", "optimizer", "scheduler", "queue"}
     assert checkpoint.read_config_yaml(found[0]) == "x: 1\n"
     assert checkpoint.find_latest(pafs.LocalFileSystem(), str(tmp_path / "none")) is None
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": "step_00000003"}]}
+    (tmp_path / checkpoint.RAY_SNAPSHOT).write_text(json.dumps(snapshot))
+    committed = checkpoint.find_latest(pafs.LocalFileSystem(), str(tmp_path))
+    assert committed is not None and committed[1].step == 3  # step 6 is not committed yet
 
 
 def test_window_averages_terms_and_measures_data_wait() -> None:
