@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--naive-examples", type=int, default=24)
     p.add_argument("--config", default="paper", help="preset whose data config to use")
     p.add_argument("--examples-per-row", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=4, help="epochs the stream runs (timed)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs the stream runs (timed)")
     args = p.parse_args(list(argv) if argv is not None else None)
     from training.config import load_run_config
 

@@ -18,6 +18,7 @@ than the sampling itself; one FromItems -> MapBatches pipeline for all epochs do
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ COLUMNS = [
     "frames", "sample_rate", "num_samples", "audio",
 ]  # fmt: skip
 META_COLUMNS = [c for c in COLUMNS if c not in ("frames", "audio")]
-MAX_BLOCKS = 4096  # input blocks of work units; a map task takes one unit per call
+MAX_BLOCKS = 4096  # input blocks of work units
 LABEL_KEYS = (
     "label_video_speed", "label_audio_speed", "label_video_reverse", "label_audio_reverse",
     "label_video_order", "label_audio_order", "label_av_order",
@@ -299,7 +300,8 @@ def build_pretext_dataset(
 
     The driver lists the work (`work_units`: row-group slices of `rows_per_task` rows, shuffled
     per epoch, epochs in order) from the Parquet footers; CPU tasks of `cpus_per_task` CPUs each
-    read one unit's rows (only the needed columns, local or s3://) and sample them. One
+    read about `rows_per_task` rows (one unit, or several when row groups are small; only the
+    needed columns, local or s3://) and sample them. One
     two-operator pipeline for any number of epochs, so the driver's cost per example stays small.
     Feed it to `TorchTrainer(datasets={"train": ds})` and iterate
     `ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=...)`.
@@ -308,10 +310,14 @@ def build_pretext_dataset(
 
     sr = shards_sample_rate(shards_uri) if sample_rate is None else sample_rate
     units = work_units(shards_uri, data_cfg, epoch=epoch, epochs=epochs)
-    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), MAX_BLOCKS)))
+    # small row groups: give each task several units, about rows_per_task rows in all
+    mean_rows = sum(u["stop"] - u["start"] for u in units) / max(1, len(units))
+    per_task = max(1, round(data_cfg.stream.rows_per_task / max(mean_rows, 1.0)))
+    blocks = max(1, min(math.ceil(len(units) / per_task), MAX_BLOCKS))
+    ds = ray.data.from_items(units, override_num_blocks=blocks)
     return ds.map_batches(
         sample_units,  # type: ignore[arg-type]
-        batch_size=1,
+        batch_size=per_task,
         batch_format="numpy",
         num_cpus=data_cfg.stream.cpus_per_task,
         fn_kwargs={
