@@ -2,8 +2,9 @@
 
 The checkpoint's model sees pretext examples drawn from the held-out shards by the same sampler
 as training (`pipelines.stream.build_pretext_dataset`), with augmentation off. For every temporal
-head it reports the accuracy, chance (1 / classes) and the majority-class rate of the labels
-drawn; audio heads count only rows with audio. It also reports audio->video retrieval in the
+head it reports the accuracy, chance and the majority-class rate of the labels drawn; audio heads
+count only rows with audio. Chance is 1 / (classes that occur among the labels drawn), so a speed
+that no segment can fit does not lower it. It also reports audio->video retrieval in the
 video-audio embedding space: each clip-1 audio embedding ranks every clip-1 video embedding by
 cosine similarity; R@1 is the fraction whose own video (same source segment) ranks first; chance
 is 1 / N with one clip per segment.
@@ -149,15 +150,20 @@ class HeadTally:
             self.labels[name] = self.labels.get(name, torch.zeros(k)) + hist
 
     def result(self) -> dict[str, dict[str, float]]:
-        """Per head: accuracy, chance (1/K), majority-class rate and number of predictions."""
+        """Per head: accuracy, chance, majority-class rate and number of predictions.
+
+        Chance is 1 / (classes that occur among the labels): segments too short for the
+        largest speed never draw it, so 1 / (head outputs) would flatter the head.
+        """
         out = {}
         for name in HEAD_NAMES:
             n = self.rows.get(name, 0)
             if n == 0:
                 continue
+            present = int((self.labels[name] > 0).sum())
             out[name] = {
                 "accuracy": self.correct[name] / n,
-                "chance": 1.0 / self.classes[name],
+                "chance": 1.0 / max(1, present),
                 "majority": float(self.labels[name].max()) / n,
                 "n": n,
             }
