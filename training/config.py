@@ -91,18 +91,26 @@ def paper() -> RunConfig:
             log_every=50,
             checkpoint_every=5000,
             max_failures=3,
+            keep_checkpoints=5,
         ),
     )
 
 
 def demo() -> RunConfig:
-    """Tiny encoders, small clips: learns on 2 CPUs in about 10 minutes."""
+    """Tiny encoders, small clips: learns on 2 CPUs in about 10 minutes (docs/training.md).
+
+    Speeds 1/2/4: the demo's 6-second segments cannot hold an 8x audio clip. Crops keep most of
+    the frame, so the small objects and their impact rings stay in view. The contrastive terms
+    are down-weighted: at weight 1 their gradients drown the video heads in a short CPU run.
+    """
     return RunConfig(
         preset="demo",
         data=DataConfig(
-            pretext=PretextConfig(clip_frames=8, speeds=(1, 2, 4, 8), audio_seconds=0.64),
-            augment=AugmentConfig(crop_size=64, color_jitter=0.2),
-            stream=StreamConfig(batch_size=16, cpus_per_task=0.5, rows_per_task=4),
+            pretext=PretextConfig(clip_frames=8, speeds=(1, 2, 4), audio_seconds=0.64),
+            augment=AugmentConfig(crop_size=64, crop_scale=(0.85, 1.0), color_jitter=0.2),
+            stream=StreamConfig(
+                batch_size=16, cpus_per_task=0.5, rows_per_task=4, examples_per_row=4
+            ),
         ),
         model=ModelConfig(
             video_arch="tiny",
@@ -114,10 +122,10 @@ def demo() -> RunConfig:
             head_hidden=128,
             n_mels=40,
         ),
-        loss=LossConfig(temperature=0.1, queue_size=1024, knn_k=3),
+        loss=LossConfig(temperature=0.1, w_vv=0.1, w_va=0.3, queue_size=1024, knn_k=3),
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
         train=TrainConfig(
-            num_workers=1, cpus_per_worker=1.0, steps=1200, log_every=10, checkpoint_every=200
+            num_workers=1, cpus_per_worker=1.0, steps=1500, log_every=10, checkpoint_every=250
         ),
     )
 

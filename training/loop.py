@@ -89,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.log({"resumed_from_step": float(st.step)}, st.step)
         shard = ray.train.get_dataset_shard("train")
         batches = _batches_forever(shard, cfg, st.device)
-        final = run_steps(st, batches, logger, job, rank=rank)
+        run_steps(st, batches, logger, job, rank=rank)
         if rank == 0:
             _log_encoders(st, logger)
     except BaseException:
@@ -97,7 +97,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.close(status="FAILED")
         raise
     logger.close()
-    del final
 
 
 @dataclass
