@@ -5,6 +5,7 @@ Both bind to 127.0.0.1 on free ports, so several test sessions can run side by s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,3 +177,23 @@ def start_mlflow(workdir: Path, timeout: float = 90.0) -> MlflowServer:
         proc.kill()
         raise RuntimeError(f"mlflow server did not start; see {workdir / 'mlflow.log'}") from None
     return MlflowServer(uri=uri, proc=proc)
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a block (e.g. a module fixture) and restore them after.
+
+    Module-scoped fixtures cannot use pytest's function-scoped `monkeypatch`; S3 tests that start
+    Ray need the AWS variables set before Ray starts, since Ray's workers read S3 with their own
+    environment.
+    """
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -20,7 +20,7 @@ import pytest
 
 from pipelines.config import IngestConfig
 from pipelines.verify import verify_dataset
-from tests.servers import S3Server
+from tests.servers import S3Server, scoped_environ
 
 Rows = list[dict[str, Any]]
 
@@ -28,15 +28,9 @@ Rows = list[dict[str, Any]]
 @pytest.fixture(scope="module")
 def ray_with_aws_env(s3_server: S3Server, request: pytest.FixtureRequest) -> Iterator[None]:
     """Local Ray started *after* the AWS variables are set, so its workers can reach S3."""
-    saved = {k: os.environ.get(k) for k in s3_server.env}
-    os.environ.update(s3_server.env)
-    request.getfixturevalue("ray_local")
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with scoped_environ(s3_server.env):
+        request.getfixturevalue("ray_local")
+        yield
 
 
 @pytest.fixture(scope="module")

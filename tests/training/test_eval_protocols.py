@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.servers import scoped_environ
 from training import checkpoint as ckpt
 from training.cli import main
 from training.config import load_run_config
@@ -41,14 +42,8 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def aws(s3_server: Any) -> Iterator[Any]:
     """The test S3's AWS_* variables, set before the module's Ray starts (its workers read S3)."""
-    old = {k: os.environ.get(k) for k in s3_server.env}
-    os.environ.update(s3_server.env)
-    yield s3_server
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with scoped_environ(s3_server.env):
+        yield s3_server
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +52,10 @@ def env(
 ) -> Iterator[Path]:
     """S3 and MLflow at the test servers, one Ray and one eval cache for the module."""
     cache = tmp_path_factory.mktemp("eval_cache")
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "AVTIME_EVAL_CACHE")}
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.uri
-    os.environ["AVTIME_EVAL_CACHE"] = str(cache)
-    yield cache
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with scoped_environ(
+        {"MLFLOW_TRACKING_URI": mlflow_server.uri, "AVTIME_EVAL_CACHE": str(cache)}
+    ):
+        yield cache
 
 
 @pytest.fixture(scope="module")
