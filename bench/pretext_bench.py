@@ -38,14 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.ingest_bench import cores
 from pipelines.config import DataConfig
-
-
-def cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
 
 
 def make_shards(work: Path, videos: int, seconds: float, size: tuple[int, int], fps: int) -> Path:
