@@ -47,3 +47,20 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     assert run.data.metrics["heldout_acc_speed_video"] == pytest.approx(
         heads["speed_video"]["accuracy"]
     )
+
+    # The contact sheet of what the model sees, and shards that carry the corpus labels.
+    from PIL import Image
+
+    with Image.open(work / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 200 and sheet.height > 100
+    assert f"contact sheet of what the model sees: {work / 'contact_sheet.png'}" in out
+    import pyarrow.dataset as pads
+
+    parts = sorted(str(p) for p in (work / "shards/train").glob("part-*.parquet"))
+    table = pads.dataset(parts, format="parquet").to_table(columns=["label", "split"])
+    classes = {
+        row.split(",")[1] for row in (work / "corpus/train/labels.csv").read_text().split()[1:]
+    }
+    assert table.num_rows > 0 and set(table.column("label").to_pylist()) <= classes
+    assert None not in table.column("label").to_pylist()
+    assert set(table.column("split").to_pylist()) == {"train"}

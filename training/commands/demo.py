@@ -1,10 +1,12 @@
 """`avtime demo [--workdir DIR]`: the whole pipeline on the embedded default, on a laptop.
 
-synth (a train corpus and a held-out corpus) -> preprocess -> verify -> train the `demo` preset
--> `eval pretext` on the held-out shards. Everything goes under DIR:
+synth (a train corpus and a held-out corpus) -> preprocess (with the corpus labels) -> verify
+-> a contact sheet of training examples (`avtime sample`) -> train the `demo` preset -> `eval
+pretext` on the held-out shards. Everything goes under DIR:
 
     DIR/corpus/{train,heldout}   synthetic mp4s         DIR/shards/{train,heldout}   Arrow shards
     DIR/checkpoints/             training checkpoints   DIR/mlflow.db, DIR/mlartifacts/   MLflow
+    DIR/contact_sheet.png        what the model sees    DIR/demo_result.json         last line
 
 Rerunning with the same DIR reuses the corpus and shards and resumes (or re-reports) the run.
 The last line is the JSON object of `avtime train`, plus `heldout` (the pretext evaluation) and
@@ -77,11 +79,23 @@ def prepare_data(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
     for split in ("train", "heldout"):
         _step(
             f"preprocess {split}",
-            ["preprocess", str(corpus / split), str(shards / split), "--short-side", "64"],
-        )
+            [
+                "preprocess", str(corpus / split), str(shards / split), "--short-side", "64",
+                "--labels", str(corpus / split / "labels.csv"),
+            ],
+        )  # fmt: skip
         if _verify_available():
             _step(f"verify {split}", ["verify", str(shards / split), "--sample-fraction", "0.25"])
     return shards / "train", shards / "heldout"
+
+
+def contact_sheet(root: Path, train_shards: Path, overrides: list[str]) -> Path:
+    """`avtime sample` on the training shards: 8 demo examples as `root/contact_sheet.png`."""
+    sheet = root / "contact_sheet.png"
+    argv = ["sample", str(train_shards), "--n", "8", "--config", "demo"]
+    argv += [f"--set={o}" for o in overrides if o.startswith("data.")]
+    _step("contact sheet", argv + ["--out", str(root / "samples.npz"), "--png", str(sheet)])
+    return sheet
 
 
 def learning_bar(heldout: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config("demo", args.overrides)
     ensure_ray(cfg.train)  # one Ray for every step, sized for training beside Ray Data
     train_shards, heldout_shards = prepare_data(args, root)
+    sheet = contact_sheet(root, train_shards, args.overrides)
     t_train = time.monotonic()
     uri = tracking_uri(root)
     request = TrainRequest(
@@ -134,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     summary["learning_bar"] = learning_bar(heldout)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     (root / "demo_result.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    print(f"contact sheet of what the model sees: {sheet}")
     print(f"MLflow store: {summary['tracking_uri']} (experiment {args.experiment})")
     print(f"  open the UI: {ui_command(summary['tracking_uri'])}")
     print(f"learning bar {'passed' if summary['learning_bar']['passed'] else 'NOT passed'}")
