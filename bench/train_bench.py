@@ -145,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    if ray.is_initialized():  # make_shards' preprocess left its own Ray up on a first run
+        ray.shutdown()
     ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         ray_side = run_ray(cfg, shards, Path(tmp), args.warmup)

@@ -252,11 +252,27 @@ def run_steps(
             last = window.metrics() | {"step": float(st.step), "data_epoch": float(st.data_epoch)}
             logger.log(last, st.step)
             window = Window()
+            if rank == 0 and (st.step % (5 * tcfg.log_every) == 0 or done):
+                print(progress_line(last, tcfg.steps), flush=True)
         if st.step % tcfg.checkpoint_every == 0 or done:
             report(st, last, with_checkpoint=True, rank=rank)
     if not fresh and st.step >= tcfg.steps and last.keys() == {"step"}:
         report(st, last, with_checkpoint=False, rank=rank)  # resumed a finished run
     return last
+
+
+def progress_line(metrics: dict[str, float], steps: int) -> str:
+    """One console line: step, loss, head accuracies, examples/s and the data-wait share."""
+    accs = " ".join(
+        f"{k.removeprefix('acc_')} {v:.2f}"
+        for k, v in sorted(metrics.items())
+        if k.startswith("acc_")
+    )
+    return (
+        f"train: step {int(metrics['step'])}/{steps} loss {metrics.get('loss', float('nan')):.3f} "
+        f"| acc {accs} | {metrics.get('examples_per_s', 0.0):.0f} ex/s, "
+        f"data wait {100 * metrics.get('data_wait_fraction', 0.0):.0f}%"
+    )
 
 
 def report(st: WorkerState, metrics: dict[str, float], *, with_checkpoint: bool, rank: int) -> None:

@@ -94,7 +94,9 @@ def ensure_local_ray(min_cpus: float = 1.0) -> None:
         ray.init()
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), include_dashboard=False)
+    # The dashboard serves the state API, which Ray Train's placement-group cleaner polls: without
+    # it, the cleaner logs "Failed to query Ray Train Controller actor state" every second.
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), include_dashboard=True)
 
 
 def ensure_ray(tcfg: TrainConfig) -> None:

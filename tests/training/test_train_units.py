@@ -14,7 +14,15 @@ import torch
 from training import checkpoint
 from training.config import RunConfig, smoke
 from training.configlib import dump_yaml
-from training.loop import JobSpec, Window, build_state, loop_config, parse_loop_config, restore
+from training.loop import (
+    JobSpec,
+    Window,
+    build_state,
+    loop_config,
+    parse_loop_config,
+    progress_line,
+    restore,
+)
 from training.loop import train_step as one_step
 from training.optim import lr_factor
 
@@ -149,3 +157,12 @@ def test_window_averages_terms_and_measures_data_wait() -> None:
     assert m["loss"] == pytest.approx(3.0)
     assert m["examples_per_s"] == pytest.approx(2.0)
     assert m["data_wait_fraction"] == pytest.approx(0.125)
+
+
+def test_progress_line_shows_step_loss_every_head_and_data_wait() -> None:
+    metrics = {"step": 50.0, "loss": 2.5, "acc_speed_video": 0.625, "acc_order_av": 0.4}
+    metrics |= {"examples_per_s": 41.7, "data_wait_fraction": 0.031, "lr": 0.001}
+    line = progress_line(metrics, 1500)
+    assert line.startswith("train: step 50/1500 loss 2.500 ")
+    assert "order_av 0.40 speed_video 0.62" in line and "lr" not in line
+    assert line.endswith("42 ex/s, data wait 3%")
