@@ -253,7 +253,7 @@ def run_steps(
             logger.log(last, st.step)
             window = Window()
             if rank == 0 and (st.step % (5 * tcfg.log_every) == 0 or done):
-                print(progress_line(last, tcfg.steps), flush=True)
+                log.info(progress_line(last, tcfg.steps))  # print() is teed twice under Train V2
         if st.step % tcfg.checkpoint_every == 0 or done:
             report(st, last, with_checkpoint=True, rank=rank)
     if not fresh and st.step >= tcfg.steps and last.keys() == {"step"}:

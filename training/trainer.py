@@ -171,7 +171,11 @@ class StreamFactory:
         from pipelines.stream import build_pretext_dataset
 
         epoch, epochs = self.epochs()
-        return build_pretext_dataset(self.data, self.cfg.data, epoch=epoch, epochs=epochs)
+        ds = build_pretext_dataset(self.data, self.cfg.data, epoch=epoch, epochs=epochs)
+        # The loop prints its own progress line; Ray Data's bars for a stream that runs as long
+        # as training would redraw every second and flood non-terminal logs.
+        ds.context.enable_progress_bars = False
+        return ds
 
 
 def run_name(req: TrainRequest) -> str:
