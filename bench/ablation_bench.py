@@ -1,6 +1,6 @@
 """Ablation: full method vs contrastive-only vs temporal-only vs random init, on the synth corpus.
 
-    python -m bench.ablation_bench [--workdir ablation_out] [--steps 300] [--seeds 0,1,2]
+    python -m bench.ablation_bench [--workdir ablation_out] [--steps 500] [--seeds 0,1,2]
         [--classes 4] [--pretrain-videos 64] [--eval-videos 80] [--seconds 6]
 
 1. `avtime synth` writes two corpora: an unlabeled pretraining corpus and a labeled evaluation
@@ -16,8 +16,9 @@
 4. Prints a markdown table: mean +- std over seeds, and the difference to random init.
 
 Everything is cached in the workdir (corpora, shards, checkpoints, per-run results), so a
-rerun after an interruption continues where it stopped. Expensive: on 2 shared CPU cores each
-300-step demo run takes about 10 minutes.
+rerun after an interruption continues where it stopped. Expensive: on 2 CPU cores each 500-step
+demo run takes 4 minutes alone and up to 13 minutes beside other jobs; the whole bench took 80
+minutes (README, "Ablation on the synthetic corpus").
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ablation_bench", description=__doc__)
     p.add_argument("--workdir", default="ablation_out")
     p.add_argument("--config", default="demo")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--classes", type=int, default=4)
