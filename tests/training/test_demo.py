@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -58,9 +59,8 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
 
     parts = sorted(str(p) for p in (work / "shards/train").glob("part-*.parquet"))
     table = pads.dataset(parts, format="parquet").to_table(columns=["label", "split"])
-    classes = {
-        row.split(",")[1] for row in (work / "corpus/train/labels.csv").read_text().split()[1:]
-    }
+    with (work / "corpus/train/labels.csv").open(newline="") as f:
+        classes = {row["label"] for row in csv.DictReader(f)}
     assert table.num_rows > 0 and set(table.column("label").to_pylist()) <= classes
     assert None not in table.column("label").to_pylist()
     assert set(table.column("split").to_pylist()) == {"train"}

@@ -93,7 +93,7 @@ def contact_sheet(root: Path, train_shards: Path, overrides: list[str]) -> Path:
     """`avtime sample` on the training shards: 8 demo examples as `root/contact_sheet.png`."""
     sheet = root / "contact_sheet.png"
     argv = ["sample", str(train_shards), "--n", "8", "--config", "demo"]
-    argv += [f"--set={o}" for o in overrides if o.startswith("data.")]
+    argv += [f"--set={o}" for o in overrides]  # the same config as training; sample reads .data
     _step("contact sheet", argv + ["--out", str(root / "samples.npz"), "--png", str(sheet)])
     return sheet
 
