@@ -40,6 +40,7 @@ import numpy as np
 from pipelines import groundtruth as gt
 from pipelines import storage
 from pipelines.avwrite import write_av
+from pipelines.synth_lamps import LAMP_HALF, draw_lamps
 from pipelines.synth_render import render_audio, render_frames
 from pipelines.synth_scene import (
     BOUNCE_KEEP_VX,
@@ -91,6 +92,7 @@ class SynthConfig:
     sample_rates: tuple[int, ...] = (44100, 48000)
     max_objects: int = 3  # objects on screen at once: 1..max_objects per video
     ground_truth: bool = False  # frame-index code in the pixels, time code in the audio
+    lamps: bool = True  # dusk lamps that come on over the video (pipelines.synth_lamps)
     test_fraction: float = 0.2  # per class, this fraction goes to split "test"
     split: str | None = None  # if set, every video gets this split instead
     crf: int = 23
@@ -140,7 +142,7 @@ class SynthConfig:
 
 def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name: str) -> VideoPlan:
     """All random choices of one video (deterministic in cfg.seed and index)."""
-    plan_seq, audio_seq = np.random.SeedSequence([cfg.seed, 1, index]).spawn(2)
+    plan_seq, audio_seq, lamp_seq = np.random.SeedSequence([cfg.seed, 1, index]).spawn(3)
     rng = np.random.default_rng(plan_seq)
     fps = int(cfg.fps_choices[rng.integers(len(cfg.fps_choices))])
     width, height = cfg.sizes[rng.integers(len(cfg.sizes))]
@@ -167,6 +169,8 @@ def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name:
     plan.episodes = draw_episodes(
         rng, CLASSES[class_index], n_objects, plan.duration_s, plan.aspect
     )
+    if cfg.lamps:
+        plan.lamps = draw_lamps(np.random.default_rng(lamp_seq), plan.duration_s, plan.aspect)
     return plan
 
 
@@ -242,6 +246,28 @@ def video_meta(plan: VideoPlan, cfg: SynthConfig, path: str) -> dict[str, Any]:
         "motion_class": asdict(mclass),
         "objects": objects,
         "events": events,
+        "lamps": _lamp_meta(plan),
+    }
+
+
+def _lamp_meta(plan: VideoPlan) -> dict[str, Any] | None:
+    """The sidecar's `lamps`: colour, base tone, and per lamp its time, pixel centre and tone."""
+    if plan.lamps is None:
+        return None
+    fp = plan.floor_px
+    return {
+        "color": [round(c, 1) for c in plan.lamps.color],
+        "base_hz": round(plan.lamps.base_hz, 3),
+        "half_px": LAMP_HALF * fp,
+        "items": [
+            {
+                "t_on": lamp.t_on,
+                "x_px": lamp.x * fp,
+                "y_px": fp - lamp.y * fp,
+                "tone_hz": round(lamp.tone_hz, 3),
+            }
+            for lamp in plan.lamps.lamps
+        ],
     }
 
 

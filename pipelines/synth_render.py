@@ -11,7 +11,8 @@ Sound: each impact is a struck-object sound starting at the first sample at or a
 impact time (0.5 ms attack, 10 ms broadband click, four inharmonic partials with exponential
 decay, the higher ones faster), at the object's pitch, louder for harder impacts, panned by its
 position; sliding makes a low-passed noise scrape that follows the speed; a quiet pink-noise
-floor runs throughout; with ground truth on, the audio time code is mixed in.
+floor runs throughout; each lit lamp adds its tone (`pipelines.synth_lamps`); with ground truth
+on, the audio time code is mixed in instead of the lamp tones, which share its band.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipelines import groundtruth as gt
+from pipelines.synth_lamps import draw_lamps_on, lamp_tones
 from pipelines.synth_scene import FRICTION, Event, SceneObject, VideoPlan
 
 RING_LIFE = 0.6  # seconds
@@ -102,11 +104,13 @@ class _Renderer:
             yield self.frame(i)
 
     def frame(self, i: int) -> np.ndarray:
-        """Frame i: background, dust and rings, shadows, objects, then smoke puffs on top."""
+        """Frame i: background, lit lamps, dust and rings, shadows, objects, then smoke puffs."""
         plan = self.plan
         t = float(self.times[i])
         img = self.bg.copy()
         scene = img[: plan.floor_px]  # every effect and object stays above the floor line
+        if plan.lamps is not None:
+            draw_lamps_on(scene, plan.lamps, t, self.scale, plan.floor_px)
         active = np.nonzero((self.eff_t0 <= t) & (t < self.eff_t0 + self.eff_life))[0]
         for k in active:
             if self.effects[k][2] != "poof":
@@ -278,6 +282,8 @@ def render_audio(plan: VideoPlan) -> np.ndarray:
             gl, gr = _pan(x, plan.aspect)
             out[0, lo : lo + len(wave)] += (gain * gl) * wave
             out[1, lo : lo + len(wave)] += (gain * gr) * wave
+    if plan.lamps is not None and not plan.ground_truth:  # the tones would blur the time code
+        out += lamp_tones(plan.lamps, sr, n)[None, :]
     if plan.ground_truth:
         out += gt.AUDIO_TIME_CODE.render(n, sr)[None, :]
     return np.clip(out, -1.0, 1.0).astype(np.float32)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipelines import groundtruth as gt
+from pipelines.synth_lamps import LampSet
 
 GRAVITY = 4.5  # scene heights / s^2
 BOUNCE_KEEP_VX = 0.88  # horizontal speed kept at a floor bounce
@@ -112,6 +113,7 @@ class VideoPlan:
     ground_truth: bool
     episodes: list[Episode]
     palette: dict[str, Any] = field(default_factory=dict)
+    lamps: LampSet | None = None  # dusk lamps (pipelines.synth_lamps); None = none
     audio_seed: int = 0
 
     @property

@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw the frame-index code and mix in the audio time code (for tests; off by default)",
     )
     parser.add_argument(
+        "--lamps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dusk lamps that come on through each video, with their tones (default on)",
+    )
+    parser.add_argument(
         "--test-fraction",
         type=float,
         default=0.2,
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             classes=args.classes,
             seed=args.seed,
             ground_truth=args.ground_truth,
+            lamps=args.lamps,
             test_fraction=args.test_fraction,
             split=args.split,
             max_objects=args.max_objects,
