@@ -10,7 +10,10 @@ import torch
 from training.eval.linear import (
     LinearProbeConfig,
     average_by_group,
+    cv_accuracy,
     fit_logistic,
+    fit_probe,
+    group_folds,
     video_accuracy,
 )
 from training.eval.metrics import instance_retrieval, recall_at_k
@@ -82,3 +85,46 @@ def test_logistic_probe_separates_and_generalises() -> None:
 def test_logistic_rejects_empty() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         fit_logistic(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 2)
+
+
+def _nuisance_videos(n_videos: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """8 clips per video: one weak class feature, and 10 nuisance features that are constant
+    within a video (like its background) and carry no class."""
+    gen = torch.Generator().manual_seed(seed)
+    vy = torch.arange(n_videos) % 2
+    signal = (2.0 * vy - 1.0)[:, None] * 1.0 + torch.randn(n_videos, 1, generator=gen) * 0.5
+    nuisance = 3.0 * torch.randn(n_videos, 10, generator=gen)
+    per_video = torch.cat([signal, nuisance], dim=1)
+    x = per_video.repeat_interleave(8, dim=0) + 0.3 * torch.randn(8 * n_videos, 11, generator=gen)
+    groups = [f"v{i}" for i in range(n_videos) for _ in range(8)]
+    return x, vy.repeat_interleave(8), groups
+
+
+def test_group_folds_keep_videos_whole_and_classes_balanced() -> None:
+    y = torch.tensor([0] * 12 + [1] * 12 + [2] * 6)
+    groups = [f"g{i // 3}" for i in range(30)]  # 10 groups of 3 rows; classes 4, 4 and 2 groups
+    folds = group_folds(y, groups, 2, seed=0)
+    for g in set(groups):
+        assert len({f for f, gg in zip(folds, groups) if gg == g}) == 1
+    for c in range(3):
+        per_fold = [
+            sum(1 for f, yy in zip(folds, y.tolist()) if yy == c and f == k) for k in (0, 1)
+        ]
+        assert abs(per_fold[0] - per_fold[1]) <= 3, (c, per_fold)
+    assert group_folds(y, groups, 2, seed=0) == folds
+
+
+def test_probe_picks_a_strong_penalty_when_videos_share_nuisances() -> None:
+    x, y, groups = _nuisance_videos(24, seed=0)
+    cfg = LinearProbeConfig()
+    scores = {v: cv_accuracy(x, y, groups, 2, cfg, v) for v in cfg.l2_grid}
+    # Held-out videos show new nuisance values: a weak penalty memorises the training videos'.
+    assert scores[10.0] >= scores[1e-3] + 0.1, scores
+    tuned, l2 = fit_probe(x, y, groups, 2, cfg)
+    assert l2 == max((acc, v) for v, acc in scores.items())[1]
+    xt, yt, gt = _nuisance_videos(40, seed=1)
+    labels = {g: int(v) for g, v in zip(gt, yt.tolist())}
+    assert video_accuracy(tuned.log_probs(xt), gt, labels) >= 0.6
+    # With an empty grid (or too few videos for the folds) the fixed weight is used.
+    assert fit_probe(x, y, groups, 2, LinearProbeConfig(l2=0.5, l2_grid=()))[1] == 0.5
+    assert fit_probe(x[:16], y[:16], groups[:16], 2, LinearProbeConfig(l2=0.5))[1] == 0.5

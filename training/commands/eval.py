@@ -49,7 +49,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder call")
     p.add_argument("--workers", type=int, default=None, help="decode tasks at once")
-    p.add_argument("--l2", type=float, default=1e-3, help="linear probe L2 weight")
+    p.add_argument("--l2", type=float, default=None,
+                   help="linear probe L2 weight (default: chosen from 1e-3..10 by cross-validation "
+                        "over whole training videos)")  # fmt: skip
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
 
 
@@ -115,7 +117,11 @@ def _context(args: argparse.Namespace) -> Any:
         clip=ClipConfig.from_run(loaded.cfg, args.clips),
         extract=ExtractConfig(batch_size=args.batch_size),
         ingest=IngestConfig(short_side=args.short_side),
-        probe=LinearProbeConfig(l2=args.l2, seed=args.seed),
+        probe=(
+            LinearProbeConfig(seed=args.seed)
+            if args.l2 is None
+            else LinearProbeConfig(l2=args.l2, l2_grid=(), seed=args.seed)
+        ),
         workers=args.workers,
     )
 

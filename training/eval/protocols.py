@@ -25,7 +25,7 @@ from training.eval.features import (
 from training.eval.linear import (
     LinearProbeConfig,
     average_by_group,
-    fit_logistic,
+    fit_probe,
     video_accuracy,
 )
 from training.eval.metrics import recall_at_k
@@ -140,11 +140,12 @@ def run_action_linear(
     x_te, _, g_te = select(feats, feats.video, test, classes)
     if len(y_tr) == 0 or len(g_te) == 0:
         raise ValueError("no decoded train or test clips; check the rejects of the decode")
-    probe = fit_logistic(x_tr, y_tr, len(classes), ctx.probe)
+    probe, l2 = fit_probe(x_tr, y_tr, g_tr, len(classes), ctx.probe)
     labels = {s: classes[test[s]] for s in g_te}
     top1 = video_accuracy(probe.log_probs(x_te), g_te, labels)
     return {
         "top1": top1,
+        "l2": l2,
         "train_videos": len(set(g_tr)),
         "test_videos": len(set(g_te)),
         "num_classes": len(classes),
@@ -222,7 +223,8 @@ def run_audio(ctx: EvalContext, feats: ClipFeatures | None = None) -> dict[str, 
         )
         if not bool(tr.any()) or not bool(te.any()):
             raise ValueError(f"audio: fold/split {fold!r} leaves no train or no test files")
-        probe = fit_logistic(x[tr], y[tr], len(classes), ctx.probe)
+        keys_tr = [k for k, t in zip(keys, tr.tolist()) if t]
+        probe, _ = fit_probe(x[tr], y[tr], keys_tr, len(classes), ctx.probe)
         pred = probe.log_probs(x[te]).argmax(dim=1)
         accs.append(float((pred == y[te]).float().mean()))
     return {
