@@ -43,6 +43,7 @@ class LossConfig:
     queue_size: int = 4096  # FIFO of past embeddings; 0 = no queue
     knn_k: int = 5  # queue neighbours of the positive used as extra positives; 0 = none
     queue_negatives: bool = True  # use the rest of the queue as extra negatives
+    mask_same_source: bool = True  # a clip's own video is never its negative (batch and queue)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:

@@ -77,17 +77,21 @@ def queue_nce(
     bank: Tensor | None = None,
     knn_k: int = 0,
     queue_negatives: bool = True,
+    sources: tuple[Tensor, Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """One direction of InfoNCE, local anchors against global keys, with optional queue terms.
 
     Positives of anchor i: `keys[pos_index[i]]` and, if `knn_k > 0`, the `knn_k` bank rows nearest
-    to that key. Negatives: the other valid keys and, with `queue_negatives`, the rest of the bank.
+    to that key. Negatives: the other valid keys and, with `queue_negatives`, the rest of the bank;
+    with `sources`, keys and bank rows from the anchor's own source video are not negatives.
 
     Args:
         anchor: [B, D] local anchors. keys: [M, D] keys from all workers (with gradient).
         pos_index: [B] long, the column of each anchor's positive in `keys`.
         key_valid: [M] bool or None (all valid); invalid keys are left out of the denominator.
         bank: [Q, D] past embeddings (no gradient) or None.
+        sources: (anchor sources [B], key sources [M], bank sources [Q] or None), int64 source
+            video keys; -1 never matches. None: every non-positive key is a negative.
     Returns:
         [B] float32 per-row losses.
     """
@@ -96,14 +100,24 @@ def queue_nce(
     allowed = torch.ones_like(positives)
     if key_valid is not None:
         allowed = allowed & key_valid.bool()[None, :]
+    if sources is not None:
+        allowed = allowed & (positives | ~_same_source(sources[0], sources[1]))
     if bank is not None and bank.shape[0] > 0 and (knn_k > 0 or queue_negatives):
         bank = bank.to(anchor.device)
         pos_q = knn_positive_mask(keys[pos_index].detach(), bank, knn_k)
         allowed_q = torch.ones_like(pos_q) if queue_negatives else pos_q
+        if sources is not None and sources[2] is not None:
+            allowed_q = allowed_q & (pos_q | ~_same_source(sources[0], sources[2]))
         logits = torch.cat([logits, nce_logits(anchor, bank, temperature)], dim=1)
         positives = torch.cat([positives, pos_q], dim=1)
         allowed = torch.cat([allowed, allowed_q], dim=1)
     return multi_positive_nce(logits, positives, allowed)
+
+
+def _same_source(rows: Tensor, cols: Tensor) -> Tensor:
+    """[R, C] bool: row and column come from the same known (>= 0) source video."""
+    rows, cols = rows.long(), cols.long().to(rows.device)
+    return (rows[:, None] == cols[None, :]) & (rows[:, None] >= 0)
 
 
 def symmetric_nce(
@@ -116,6 +130,9 @@ def symmetric_nce(
     y_bank: Tensor | None = None,
     knn_k: int = 0,
     queue_negatives: bool = True,
+    source: Tensor | None = None,
+    x_bank_src: Tensor | None = None,
+    y_bank_src: Tensor | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE between paired embeddings, gathered across workers with gradient.
 
@@ -127,14 +144,21 @@ def symmetric_nce(
         x, y: [B, D] local embeddings (row i of x pairs with row i of y).
         valid_global: [W * B] bool or None; invalid pairs are dropped as keys (mask them as rows).
         x_bank, y_bank: [Q, D] queue contents or None.
+        source: [B] int64 source video keys of the local rows, or None. Given, no clip is a
+            negative of another clip of its own video (in the batch of every worker, and in the
+            queue where `x_bank_src` / `y_bank_src` [Q] give the bank rows' sources).
     Returns:
         [B] float32 per-row losses.
     """
     xg, yg = gather_with_grad(x), gather_with_grad(y)
     pos_index = rank() * x.shape[0] + torch.arange(x.shape[0], device=x.device)
     kw = {"key_valid": valid_global, "knn_k": knn_k, "queue_negatives": queue_negatives}
-    l_xy = queue_nce(x, yg, pos_index, temperature, bank=y_bank, **kw)  # type: ignore[arg-type]
-    l_yx = queue_nce(y, xg, pos_index, temperature, bank=x_bank, **kw)  # type: ignore[arg-type]
+    src_xy = src_yx = None
+    if source is not None:
+        src_global = gather_no_grad(source.long().to(x.device))
+        src_xy, src_yx = (source, src_global, y_bank_src), (source, src_global, x_bank_src)
+    l_xy = queue_nce(x, yg, pos_index, temperature, bank=y_bank, sources=src_xy, **kw)  # type: ignore[arg-type]
+    l_yx = queue_nce(y, xg, pos_index, temperature, bank=x_bank, sources=src_yx, **kw)  # type: ignore[arg-type]
     return 0.5 * (l_xy + l_yx)
 
 
@@ -201,7 +225,9 @@ def total_loss(
 
     Args:
         outputs: `AVModel.forward` outputs for the local batch of B rows.
-        batch: the pretext batch (docs/CONTRACTS.md section 2); reads `has_audio` and the labels.
+        batch: the pretext batch (docs/CONTRACTS.md section 2); reads `has_audio`, the labels and
+            `source_key` (when present and `loss_cfg.mask_same_source`, a clip's own video is
+            never one of its contrastive negatives).
         loss_cfg: weights and contrastive switches; a weight of 0 skips its term entirely.
         queue: the feature queue or None. Its contents are read first; then, if `update_queue`,
             the clip-1 embeddings gathered from all workers are pushed (detached), so call this
@@ -220,6 +246,9 @@ def total_loss(
     n_rows = torch.tensor(float(audio_global.numel()), device=device)
     n_audio = audio_global.sum().float()
     banks = _read_banks(queue, loss_cfg, device)
+    source = batch.get("source_key") if loss_cfg.mask_same_source else None
+    if source is not None:
+        banks["source"] = source.long().to(device)
     shares: dict[str, Tensor] = {}
     weights: dict[str, float] = {}
     accs: dict[str, Tensor] = {}
@@ -245,7 +274,7 @@ def total_loss(
     loss = torch.stack([weights[k] * shares[k] for k in shares]).sum()
     terms = _global_terms(loss, shares, accs, n_audio / n_rows)
     if queue is not None and update_queue:
-        _push_queue(queue, outputs, audio_global)
+        _push_queue(queue, outputs, audio_global, batch.get("source_key"))
     return loss, terms
 
 
@@ -265,12 +294,17 @@ def _get(outputs: dict[str, Tensor], key: str) -> Tensor:
 def _read_banks(
     queue: FeatureQueue | None, cfg: LossConfig, device: torch.device
 ) -> dict[str, Tensor | None]:
-    """Copies of the queue banks the enabled terms use (None when the queue is off or empty)."""
+    """Copies of the queue banks the enabled terms use, and their source keys under
+    `<bank>_src` (None when the queue is off or empty)."""
     names = ("vv", "va_video", "va_audio")
+    out: dict[str, Tensor | None] = dict.fromkeys(names + tuple(f"{n}_src" for n in names))
     use = queue is not None and queue.size > 0 and (cfg.knn_k > 0 or cfg.queue_negatives)
     if not use or queue is None:
-        return dict.fromkeys(names)
-    return {n: queue.get(n).to(device) if queue.count(n) > 0 else None for n in names}
+        return out
+    for n in names:
+        if queue.count(n) > 0:
+            out[n], out[f"{n}_src"] = queue.get(n).to(device), queue.sources(n).to(device)
+    return out
 
 
 def _vv_rows(
@@ -286,6 +320,9 @@ def _vv_rows(
         y_bank=banks["vv"],
         knn_k=cfg.knn_k,
         queue_negatives=cfg.queue_negatives,
+        source=banks.get("source"),
+        x_bank_src=banks["vv_src"],
+        y_bank_src=banks["vv_src"],
     )
 
 
@@ -307,6 +344,9 @@ def _va_rows(
             y_bank=banks["va_audio"],
             knn_k=cfg.knn_k,
             queue_negatives=cfg.queue_negatives,
+            source=banks.get("source"),
+            x_bank_src=banks["va_video_src"],
+            y_bank_src=banks["va_audio_src"],
         )
         for i in (0, 1)
     ]
@@ -327,13 +367,23 @@ def _global_terms(
 
 
 @torch.no_grad()
-def _push_queue(queue: FeatureQueue, outputs: dict[str, Tensor], audio_global: Tensor) -> None:
-    """Push the gathered clip-1 embeddings of each enabled space (audio only where present)."""
+def _push_queue(
+    queue: FeatureQueue,
+    outputs: dict[str, Tensor],
+    audio_global: Tensor,
+    source: Tensor | None = None,
+) -> None:
+    """Push the gathered clip-1 embeddings of each enabled space (audio only where present),
+    with their gathered source keys when the batch has them."""
     if queue.size == 0:
         return
+    src = None
+    if source is not None:
+        src = gather_no_grad(source.long().to(_any_output(outputs).device))
     if "emb_vv" in outputs:
-        queue.push("vv", gather_no_grad(outputs["emb_vv"][:, 0].float()))
+        queue.push("vv", gather_no_grad(outputs["emb_vv"][:, 0].float()), src)
     if "emb_va_video" in outputs and "emb_va_audio" in outputs:
-        queue.push("va_video", gather_no_grad(outputs["emb_va_video"][:, 0].float()))
+        queue.push("va_video", gather_no_grad(outputs["emb_va_video"][:, 0].float()), src)
         audio = gather_no_grad(outputs["emb_va_audio"][:, 0].float())
-        queue.push("va_audio", audio[audio_global.to(audio.device)])
+        keep = audio_global.to(audio.device)
+        queue.push("va_audio", audio[keep], None if src is None else src[keep])

@@ -107,6 +107,12 @@ def example_key(video_id: str, segment: int, repeat: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def source_key(video_id: str) -> int:
+    """A stable non-negative int64 id of the source video (all its segments and clips share it)."""
+    digest = hashlib.sha1(f"source/{video_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def sample_row(
     row: Mapping[str, Any], cfg: DataConfig, epoch: int, sample_rate: int = DEFAULT_SAMPLE_RATE
 ) -> list[Example]:
@@ -118,6 +124,7 @@ def sample_row(
         ex = make_example(row, cfg, rng, sample_rate=sample_rate)
         if ex is not None:
             ex["example_key"] = np.array(example_key(vid, seg, repeat), dtype=np.int64)
+            ex["source_key"] = np.array(source_key(vid), dtype=np.int64)
             ex["video_id"], ex["segment"] = np.array(vid), np.array(seg, dtype=np.int64)
             out.append(ex)
     return out
@@ -131,7 +138,8 @@ def to_batch(
     sample_rate: int = DEFAULT_SAMPLE_RATE,
 ) -> dict[str, np.ndarray]:
     """Stack examples into the contract batch: video1/2 uint8 [B, 3, T, S, S], audio1/2 float32
-    [B, L], has_audio float32 [B], label_* int64, example_key int64 [B]. `meta` adds video_t,
+    [B, L], has_audio float32 [B], label_* int64, example_key and source_key int64 [B]. `meta`
+    adds video_t,
     audio_span, audio_speed, audio_reverse, video_speed (for inspection)."""
     t, s = cfg.pretext.clip_frames, cfg.augment.crop_size
     if not examples:
@@ -146,6 +154,7 @@ def to_batch(
         "audio2": np.stack([e["audio"][1] for e in examples]),
         "has_audio": np.stack([e["has_audio"] for e in examples]).astype(np.float32),
         "example_key": np.stack([e["example_key"] for e in examples]).astype(np.int64),
+        "source_key": np.stack([e["source_key"] for e in examples]).astype(np.int64),
     }
     keys = LABEL_KEYS + (
         ("video_t", "audio_span", "audio_speed", "audio_reverse", "video_speed") if meta else ()
@@ -165,6 +174,7 @@ def _empty_batch(cfg: DataConfig, sample_rate: int) -> dict[str, np.ndarray]:
         "audio2": np.zeros((0, n), np.float32),
         "has_audio": np.zeros(0, np.float32),
         "example_key": np.zeros(0, np.int64),
+        "source_key": np.zeros(0, np.int64),
     }
     for k in LABEL_KEYS:
         out[k] = np.zeros(

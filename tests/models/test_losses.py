@@ -259,3 +259,66 @@ def test_total_loss_fills_the_queue_after_reading_it() -> None:
     _, second = total_loss(out, batch, cfg, queue, update_queue=False)
     assert second["loss_vv"].item() != pytest.approx(first["loss_vv"].item())
     assert queue.count("vv") == b
+
+
+def _ref_masked(
+    x: Tensor, y: Tensor, src: list[int], bank: Tensor, bank_src: list[int], k: int
+) -> list[float]:
+    """One direction with same-source masking, written out: a key or bank row from the anchor's
+    own (known) video is left out of the denominator unless it is a positive."""
+    out = []
+    for i in range(x.shape[0]):
+        sims = [_cos(y[i], bank[q]) for q in range(bank.shape[0])]
+        nearest = sorted(range(bank.shape[0]), key=lambda q: -sims[q])[:k]
+        pos = [math.exp(_cos(x[i], y[i]) / TAU)]
+        den = list(pos)
+        for j in range(y.shape[0]):
+            if j != i and not (src[i] >= 0 and src[j] == src[i]):
+                den.append(math.exp(_cos(x[i], y[j]) / TAU))
+        for q in range(bank.shape[0]):
+            e = math.exp(_cos(x[i], bank[q]) / TAU)
+            if q in nearest:
+                pos.append(e)
+                den.append(e)
+            elif not (src[i] >= 0 and bank_src[q] == src[i]):
+                den.append(e)
+        out.append(-math.log(sum(pos) / sum(den)))
+    return out
+
+
+@pytest.mark.unit
+def test_clips_of_the_same_video_are_not_negatives() -> None:
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    bank = torch.randn(5, 4, generator=g)
+    src, bank_src = [0, 0, 1, 1, 2, -1], [0, 1, 3, -1, 2]
+    got = symmetric_nce(
+        x, y, TAU, x_bank=bank, y_bank=bank, knn_k=1, source=torch.tensor(src),
+        x_bank_src=torch.tensor(bank_src), y_bank_src=torch.tensor(bank_src),
+    )  # fmt: skip
+    xy, yx = _ref_masked(x, y, src, bank, bank_src, 1), _ref_masked(y, x, src, bank, bank_src, 1)
+    expected = torch.tensor([0.5 * (a + b) for a, b in zip(xy, yx)])
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    plain = symmetric_nce(x, y, TAU, x_bank=bank, y_bank=bank, knn_k=1)
+    assert (plain - got)[:5].min() > 0  # rows with a known video lose negatives
+    assert plain[5] == pytest.approx(float(got[5]), rel=1e-6)  # source -1 matches nothing
+
+
+@pytest.mark.unit
+def test_total_loss_masks_same_video_rows_and_queues_their_sources() -> None:
+    b = 4
+    out, batch = _outputs(b), _labels(b, torch.ones(b))
+    batch["source_key"] = torch.tensor([5, 5, 5, 5])  # every row from one video
+    cfg = LossConfig(temperature=TAU, queue_size=8, knn_k=0)
+    queue = FeatureQueue(8, 4)
+    _, terms = total_loss(out, batch, cfg, queue)
+    # Only the positive is left in each denominator, so both contrastive terms are exactly 0.
+    assert terms["loss_vv"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms["loss_va"].item() == pytest.approx(0.0, abs=1e-6)
+    assert queue.sources("vv").tolist() == [5, 5, 5, 5]
+    # The queued rows are from the same video too: still no negatives.
+    _, again = total_loss(out, batch, cfg, queue, update_queue=False)
+    assert again["loss_vv"].item() == pytest.approx(0.0, abs=1e-6)
+    off = LossConfig(temperature=TAU, queue_size=8, knn_k=0, mask_same_source=False)
+    _, unmasked = total_loss(out, batch, off, FeatureQueue(8, 4))
+    assert unmasked["loss_vv"].item() > 0.1 and unmasked["loss_va"].item() > 0.1

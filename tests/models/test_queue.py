@@ -68,3 +68,20 @@ def test_bad_inputs_raise() -> None:
     empty = FeatureQueue(0, 3)
     empty.push("vv", _rows(0, 2))
     assert empty.count("vv") == 0
+
+
+@pytest.mark.unit
+def test_source_keys_follow_their_rows() -> None:
+    q = FeatureQueue(4, 2, banks=("vv",))
+    q.push("vv", torch.randn(3, 2), torch.tensor([10, 11, 12]))
+    q.push("vv", torch.randn(2, 2))  # unknown sources: -1
+    q.push("vv", torch.randn(1, 2), torch.tensor([13]))
+    assert q.sources("vv").tolist() == [12, -1, -1, 13]  # oldest first, after wrapping
+    state = q.state_dict()
+    r = FeatureQueue(4, 2, banks=("vv",))
+    r.load_state_dict(state)
+    assert r.sources("vv").tolist() == [12, -1, -1, 13]
+    with pytest.raises(ValueError, match="source keys"):
+        q.push("vv", torch.randn(2, 2), torch.tensor([1]))
+    q.reset()
+    assert q.sources("vv").tolist() == []

@@ -17,6 +17,7 @@ from pipelines.stream import (
     iter_pretext_batches,
     iter_pretext_examples,
     segment_stats,
+    source_key,
     torch_iterable,
 )
 from tests.pipelines.pretext_rows import make_row, write_shards
@@ -112,7 +113,14 @@ def test_epochs_union_and_s3(ray_local: None, shards: str, s3_env: Any) -> None:
 def test_plain_iterator_workers_split_and_torch_loader(shards: str) -> None:
     import torch
 
-    keys = [int(e["example_key"]) for e in iter_pretext_examples(shards, CFG, epoch=0)]
+    examples = list(iter_pretext_examples(shards, CFG, epoch=0))
+    keys = [int(e["example_key"]) for e in examples]
+    # Every clip carries its video's source key: one per video, shared by its segments and repeats.
+    by_video: dict[str, set[int]] = {}
+    for e in examples:
+        by_video.setdefault(str(e["video_id"]), set()).add(int(e["source_key"]))
+    assert all(v == {source_key(vid)} for vid, v in by_video.items())
+    assert len({source_key(vid) for vid in by_video}) == len(by_video) >= 2
     parts = [
         [int(e["example_key"]) for e in iter_pretext_examples(shards, CFG, worker=w, num_workers=2)]
         for w in range(2)
