@@ -55,9 +55,9 @@ def test_overrides_change_one_field_and_parse_types() -> None:
 @pytest.mark.unit
 def test_yaml_file_overrides_its_base_preset(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("preset: demo\ntrain:\n  steps: 7\nloss:\n  knn_k: 0\n")
+    path.write_text("preset: demo\ntrain:\n  steps: 7\nloss:\n  temperature: 0.2\n")
     cfg = load_run_config(str(path))
-    assert cfg.train.steps == 7 and cfg.loss.knn_k == 0
+    assert cfg.train.steps == 7 and cfg.loss.temperature == 0.2
     assert cfg.model == PRESETS["demo"]().model
 
 
