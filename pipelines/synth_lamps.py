@@ -13,6 +13,7 @@ the sky come on one at a time and stay on, each with a quiet sustained tone.
   `TONE_FADE_S` (no onset click), so the chord grows upward as lamps come on. `base_hz` is tied to
   the video's lamp hue (one octave of pitch per turn of hue), so sound and picture agree.
 - **Checkable:** the sidecar lists every lamp (time, position, tone); pixels and samples follow it.
+  `pipelines.synth_render` draws the lamps and mixes in `lamp_tones`.
 
 Lamp colours keep every channel above 165, so a lamp never passes for an object (whose colour has
 one channel at most 70). Tones lie between 600 Hz and ~2 kHz, inside the band of the ground-truth
@@ -31,6 +32,7 @@ LAMP_PERIOD_S = 0.8  # one lamp comes on about this often
 LAMP_HALF = 0.035  # half the side of a lamp square, scene heights
 LAMP_SATURATION = 0.35
 FLASH_LIFE = 0.4  # seconds
+FLASH_COLOR = (255.0, 255.0, 250.0)
 TONE_STEP = 0.06  # lamp k's tone is base * (1 + TONE_STEP * k)
 TONE_AMPLITUDE = 0.012
 TONE_FADE_S = 0.2
@@ -81,49 +83,6 @@ def draw_lamps(rng: np.random.Generator, duration: float, aspect: float) -> Lamp
         t_on = (k + rng.uniform(0.15, 0.85)) * duration / n
         lamps.append(Lamp(float(t_on), float(x), float(y), float(base * (1 + TONE_STEP * k))))
     return LampSet(tuple(lamps), lamp_color(hue), hue, float(base))
-
-
-def draw_lamps_on(frame: np.ndarray, lamps: LampSet, t: float, scale: float, floor_px: int) -> None:
-    """Draws every lamp lit at time t (s) into `frame` [H, W, 3] float32, in place.
-
-    `scale` is pixels per scene height; the flash is a bright square up to 2.5x the lamp's size
-    that shrinks back to it and fades over `FLASH_LIFE`.
-    """
-    h, w = frame.shape[:2]
-    color = np.asarray(lamps.color, np.float32)
-    flash = np.array([255.0, 255.0, 250.0], np.float32)
-    for lamp in lamps.lamps:
-        age = t - lamp.t_on
-        if age < 0:
-            continue
-        cx, cy = lamp.x * scale, floor_px - lamp.y * scale
-        if age < FLASH_LIFE:
-            f = 1.0 - age / FLASH_LIFE
-            half = scale * LAMP_HALF * (1.0 + 1.5 * f)
-            _square(frame, cx, cy, half, flash, 0.85 * f + 0.15, w, h)
-        _square(frame, cx, cy, scale * LAMP_HALF, color, 1.0, w, h)
-
-
-def _square(
-    frame: np.ndarray,
-    cx: float,
-    cy: float,
-    half: float,
-    color: np.ndarray,
-    alpha: float,
-    w: int,
-    h: int,
-) -> None:
-    """Blends an axis-aligned square (centre, half side in px) with soft 1 px edges."""
-    x0, x1 = max(int(cx - half - 1), 0), min(int(cx + half + 2), w)
-    y0, y1 = max(int(cy - half - 1), 0), min(int(cy + half + 2), h)
-    if x0 >= x1 or y0 >= y1:
-        return
-    xs = np.abs(np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)
-    ys = np.abs(np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
-    a = np.clip(half + 0.5 - np.maximum(xs, ys), 0.0, 1.0) * alpha
-    patch = frame[y0:y1, x0:x1]
-    patch += a[..., None] * (color - patch)
 
 
 def lamp_tones(lamps: LampSet, sample_rate: int, num_samples: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipelines import groundtruth as gt
-from pipelines.synth_lamps import draw_lamps_on, lamp_tones
+from pipelines.synth_lamps import FLASH_COLOR, FLASH_LIFE, LAMP_HALF, lamp_tones
 from pipelines.synth_scene import FRICTION, Event, SceneObject, VideoPlan
 
 RING_LIFE = 0.6  # seconds
@@ -109,8 +109,7 @@ class _Renderer:
         t = float(self.times[i])
         img = self.bg.copy()
         scene = img[: plan.floor_px]  # every effect and object stays above the floor line
-        if plan.lamps is not None:
-            draw_lamps_on(scene, plan.lamps, t, self.scale, plan.floor_px)
+        self._lamps(scene, t)
         active = np.nonzero((self.eff_t0 <= t) & (t < self.eff_t0 + self.eff_life))[0]
         for k in active:
             if self.effects[k][2] != "poof":
@@ -157,6 +156,24 @@ class _Renderer:
                 px, py = cx + dist * math.cos(ang), cy - 0.8 * dist * math.sin(ang)
                 self._puff(scene, px, py, r * (0.5 + age), 0.8 * (1 - age) ** 1.3, SMOKE_COLOR)
 
+    def _lamps(self, scene: np.ndarray, t: float) -> None:
+        """Every lamp lit at time t (s): its flash, a bright square up to 2.5x the lamp's size that
+        shrinks back to it and fades over `FLASH_LIFE`, then the lamp itself."""
+        lamps = self.plan.lamps
+        if lamps is None:
+            return
+        color, flash = np.asarray(lamps.color, np.float32), np.asarray(FLASH_COLOR, np.float32)
+        half = self.scale * LAMP_HALF
+        for lamp in lamps.lamps:
+            age = t - lamp.t_on
+            if age < 0:
+                continue
+            cx, cy = self.px(lamp.x, lamp.y)
+            if age < FLASH_LIFE:
+                f = 1.0 - age / FLASH_LIFE
+                self._square(scene, cx, cy, half * (1.0 + 1.5 * f), flash, 0.85 * f + 0.15)
+            self._square(scene, cx, cy, half, color, 1.0)
+
     def _shadow(self, scene: np.ndarray, x: float, y: float, radius: float) -> None:
         """A soft elliptical shadow on the floor, wider and fainter the higher the object."""
         above = max(y - radius, 0.0)
@@ -181,6 +198,17 @@ class _Renderer:
         shade = 1.15 - 0.3 * (ys + r) / (2 * r)  # lit from above
         color = np.asarray(obj.color, np.float32) * shade[..., None]
         _blend(img, box, alpha, np.minimum(color, 255.0))
+
+    @staticmethod
+    def _square(
+        img: np.ndarray, cx: float, cy: float, half: float, color: np.ndarray, alpha: float
+    ) -> None:
+        """An axis-aligned square (centre, half side in px) with soft 1 px edges."""
+        box = _box(cx, cy, half, half, *img.shape[1::-1])
+        if box is None:
+            return
+        d = np.maximum(np.abs(box[4]), np.abs(box[5])) - half
+        _blend(img, box, np.clip(0.5 - d, 0.0, 1.0) * alpha, color)
 
     @staticmethod
     def _ring(
