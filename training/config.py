@@ -101,10 +101,7 @@ def demo() -> RunConfig:
 
     Speeds 1/2/4: the demo's 6-second segments cannot hold an 8x audio clip. Crops keep most of
     the frame, so the small objects and their impact rings stay in view. The contrastive terms
-    are down-weighted: at weight 1 their gradients drown the video heads in a short CPU run. No
-    feature queue: the queue holds embeddings from the same, fast-changing encoder (no momentum
-    encoder), and with it the audio-video term did not learn on the demo corpus; in-batch
-    negatives from other videos do (docs/training.md).
+    are down-weighted: at weight 1 their gradients drown the video heads in a short CPU run.
     """
     return RunConfig(
         preset="demo",
@@ -125,7 +122,7 @@ def demo() -> RunConfig:
             head_hidden=128,
             n_mels=40,
         ),
-        loss=LossConfig(temperature=0.1, w_vv=0.1, w_va=0.3, queue_size=0, knn_k=0),
+        loss=LossConfig(temperature=0.1, w_vv=0.1, w_va=0.3, queue_size=1024, knn_k=3),
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
         train=TrainConfig(
             num_workers=1, cpus_per_worker=1.0, steps=1500, log_every=10, checkpoint_every=250
