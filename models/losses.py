@@ -130,7 +130,7 @@ def symmetric_nce(
     y_bank: Tensor | None = None,
     knn_k: int = 0,
     queue_negatives: bool = True,
-    source: Tensor | None = None,
+    sources: tuple[Tensor, Tensor] | None = None,
     x_bank_src: Tensor | None = None,
     y_bank_src: Tensor | None = None,
 ) -> Tensor:
@@ -144,9 +144,9 @@ def symmetric_nce(
         x, y: [B, D] local embeddings (row i of x pairs with row i of y).
         valid_global: [W * B] bool or None; invalid pairs are dropped as keys (mask them as rows).
         x_bank, y_bank: [Q, D] queue contents or None.
-        source: [B] int64 source video keys of the local rows, or None. Given, no clip is a
-            negative of another clip of its own video (in the batch of every worker, and in the
-            queue where `x_bank_src` / `y_bank_src` [Q] give the bank rows' sources).
+        sources: (local [B], gathered [W * B]) int64 source video keys, or None. Given, no clip
+            is a negative of another clip of its own video (in the batch of every worker, and in
+            the queue where `x_bank_src` / `y_bank_src` [Q] give the bank rows' sources).
     Returns:
         [B] float32 per-row losses.
     """
@@ -154,9 +154,8 @@ def symmetric_nce(
     pos_index = rank() * x.shape[0] + torch.arange(x.shape[0], device=x.device)
     kw = {"key_valid": valid_global, "knn_k": knn_k, "queue_negatives": queue_negatives}
     src_xy = src_yx = None
-    if source is not None:
-        src_global = gather_no_grad(source.long().to(x.device))
-        src_xy, src_yx = (source, src_global, y_bank_src), (source, src_global, x_bank_src)
+    if sources is not None:
+        src_xy, src_yx = (*sources, y_bank_src), (*sources, x_bank_src)
     l_xy = queue_nce(x, yg, pos_index, temperature, bank=y_bank, sources=src_xy, **kw)  # type: ignore[arg-type]
     l_yx = queue_nce(y, xg, pos_index, temperature, bank=x_bank, sources=src_yx, **kw)  # type: ignore[arg-type]
     return 0.5 * (l_xy + l_yx)
@@ -246,17 +245,19 @@ def total_loss(
     n_rows = torch.tensor(float(audio_global.numel()), device=device)
     n_audio = audio_global.sum().float()
     banks = _read_banks(queue, loss_cfg, device)
-    source = batch.get("source_key") if loss_cfg.mask_same_source else None
-    if source is not None:
-        banks["source"] = source.long().to(device)
+    src = None  # (local, gathered) source keys
+    if "source_key" in batch:
+        local = batch["source_key"].long().to(device)
+        src = (local, gather_no_grad(local))
+    mask_src = src if loss_cfg.mask_same_source else None
     shares: dict[str, Tensor] = {}
     weights: dict[str, float] = {}
     accs: dict[str, Tensor] = {}
     if loss_cfg.w_vv > 0:
-        rows = _vv_rows(outputs, loss_cfg, banks)
+        rows = _vv_rows(outputs, loss_cfg, banks, mask_src)
         shares["vv"], weights["vv"] = share_of_mean(rows, None, n_rows), loss_cfg.w_vv
     if loss_cfg.w_va > 0:
-        rows = _va_rows(outputs, loss_cfg, banks, audio_global)
+        rows = _va_rows(outputs, loss_cfg, banks, audio_global, mask_src)
         shares["va"], weights["va"] = share_of_mean(rows, has_audio, n_audio), loss_cfg.w_va
     for name, logits_key, label_key, weight_field, needs_audio in TEMPORAL_TASKS:
         weight = float(getattr(loss_cfg, weight_field))
@@ -274,7 +275,7 @@ def total_loss(
     loss = torch.stack([weights[k] * shares[k] for k in shares]).sum()
     terms = _global_terms(loss, shares, accs, n_audio / n_rows)
     if queue is not None and update_queue:
-        _push_queue(queue, outputs, audio_global, batch.get("source_key"))
+        _push_queue(queue, outputs, audio_global, None if src is None else src[1])
     return loss, terms
 
 
@@ -308,7 +309,10 @@ def _read_banks(
 
 
 def _vv_rows(
-    outputs: dict[str, Tensor], cfg: LossConfig, banks: dict[str, Tensor | None]
+    outputs: dict[str, Tensor],
+    cfg: LossConfig,
+    banks: dict[str, Tensor | None],
+    sources: tuple[Tensor, Tensor] | None,
 ) -> Tensor:
     """Per-row symmetric InfoNCE v1 <-> v2 in the video-video space: [B]."""
     emb = _get(outputs, "emb_vv")  # [B, 2, D]
@@ -320,7 +324,7 @@ def _vv_rows(
         y_bank=banks["vv"],
         knn_k=cfg.knn_k,
         queue_negatives=cfg.queue_negatives,
-        source=banks.get("source"),
+        sources=sources,
         x_bank_src=banks["vv_src"],
         y_bank_src=banks["vv_src"],
     )
@@ -331,6 +335,7 @@ def _va_rows(
     cfg: LossConfig,
     banks: dict[str, Tensor | None],
     audio_global: Tensor,
+    sources: tuple[Tensor, Tensor] | None,
 ) -> Tensor:
     """Per-row symmetric InfoNCE v_i <-> a_i, mean over i = 1, 2: [B] (mask rows without audio)."""
     vid, aud = _get(outputs, "emb_va_video"), _get(outputs, "emb_va_audio")  # [B, 2, D]
@@ -344,7 +349,7 @@ def _va_rows(
             y_bank=banks["va_audio"],
             knn_k=cfg.knn_k,
             queue_negatives=cfg.queue_negatives,
-            source=banks.get("source"),
+            sources=sources,
             x_bank_src=banks["va_video_src"],
             y_bank_src=banks["va_audio_src"],
         )
@@ -371,15 +376,12 @@ def _push_queue(
     queue: FeatureQueue,
     outputs: dict[str, Tensor],
     audio_global: Tensor,
-    source: Tensor | None = None,
+    src: Tensor | None = None,
 ) -> None:
     """Push the gathered clip-1 embeddings of each enabled space (audio only where present),
-    with their gathered source keys when the batch has them."""
+    with their gathered source keys `src` [W * B] when the batch has them."""
     if queue.size == 0:
         return
-    src = None
-    if source is not None:
-        src = gather_no_grad(source.long().to(_any_output(outputs).device))
     if "emb_vv" in outputs:
         queue.push("vv", gather_no_grad(outputs["emb_vv"][:, 0].float()), src)
     if "emb_va_video" in outputs and "emb_va_audio" in outputs:

@@ -293,7 +293,7 @@ def test_clips_of_the_same_video_are_not_negatives() -> None:
     bank = torch.randn(5, 4, generator=g)
     src, bank_src = [0, 0, 1, 1, 2, -1], [0, 1, 3, -1, 2]
     got = symmetric_nce(
-        x, y, TAU, x_bank=bank, y_bank=bank, knn_k=1, source=torch.tensor(src),
+        x, y, TAU, x_bank=bank, y_bank=bank, knn_k=1, sources=(torch.tensor(src), torch.tensor(src)),
         x_bank_src=torch.tensor(bank_src), y_bank_src=torch.tensor(bank_src),
     )  # fmt: skip
     xy, yx = _ref_masked(x, y, src, bank, bank_src, 1), _ref_masked(y, x, src, bank, bank_src, 1)
