@@ -101,16 +101,20 @@ def example_rng(
     return np.random.default_rng([seed, epoch, *_words(video_id), segment, repeat])
 
 
+def _stable_id(text: str) -> int:
+    """A stable non-negative int64 hash of `text` (the first 8 bytes of its SHA-1)."""
+    digest = hashlib.sha1(text.encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def example_key(video_id: str, segment: int, repeat: int) -> int:
     """A stable non-negative int64 id of (video_id, segment, repeat)."""
-    digest = hashlib.sha1(f"{video_id}/{segment}/{repeat}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return _stable_id(f"{video_id}/{segment}/{repeat}")
 
 
 def source_key(video_id: str) -> int:
     """A stable non-negative int64 id of the source video (all its segments and clips share it)."""
-    digest = hashlib.sha1(f"source/{video_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return _stable_id(f"source/{video_id}")
 
 
 def sample_row(
@@ -139,8 +143,7 @@ def to_batch(
 ) -> dict[str, np.ndarray]:
     """Stack examples into the contract batch: video1/2 uint8 [B, 3, T, S, S], audio1/2 float32
     [B, L], has_audio float32 [B], label_* int64, example_key and source_key int64 [B]. `meta`
-    adds video_t,
-    audio_span, audio_speed, audio_reverse, video_speed (for inspection)."""
+    adds video_t, audio_span, audio_speed, audio_reverse, video_speed (for inspection)."""
     t, s = cfg.pretext.clip_frames, cfg.augment.crop_size
     if not examples:
         return _empty_batch(cfg, sample_rate)
