@@ -40,6 +40,7 @@ import numpy as np
 from pipelines import groundtruth as gt
 from pipelines import storage
 from pipelines.avwrite import write_av
+from pipelines.synth_ambience import AMBIENCE_RMS, LOW_HZ, QUIET_RMS
 from pipelines.synth_lamps import LAMP_HALF, draw_lamps
 from pipelines.synth_render import render_audio, render_frames
 from pipelines.synth_scene import (
@@ -93,6 +94,7 @@ class SynthConfig:
     max_objects: int = 3  # objects on screen at once: 1..max_objects per video
     ground_truth: bool = False  # frame-index code in the pixels, time code in the audio
     lamps: bool = True  # dusk lamps that come on over the video (pipelines.synth_lamps)
+    ambience: bool = True  # a noise bed whose colour the sky's hue shows (pipelines.synth_ambience)
     test_fraction: float = 0.2  # per class, this fraction goes to split "test"
     split: str | None = None  # if set, every video gets this split instead
     crf: int = 23
@@ -163,6 +165,7 @@ def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name:
         ground_truth=cfg.ground_truth,
         episodes=[],
         audio_seed=int(audio_seq.generate_state(1)[0]),
+        ambience=cfg.ambience,
     )
     plan.palette = draw_palette(rng, plan.aspect)
     n_objects = int(rng.integers(1, cfg.max_objects + 1))
@@ -247,6 +250,19 @@ def video_meta(plan: VideoPlan, cfg: SynthConfig, path: str) -> dict[str, Any]:
         "objects": objects,
         "events": events,
         "lamps": _lamp_meta(plan),
+        "ambience": _ambience_meta(plan),
+    }
+
+
+def _ambience_meta(plan: VideoPlan) -> dict[str, Any] | None:
+    """The sidecar's `ambience`: the exponent, the level and the sky colour that shows it."""
+    if not plan.ambience:
+        return None
+    return {
+        "beta": round(float(plan.palette["ambience_beta"]), 5),
+        "rms": QUIET_RMS if plan.ground_truth else AMBIENCE_RMS,
+        "low_hz": LOW_HZ,
+        "sky_top": [round(c, 1) for c in plan.palette["sky_top"]],
     }
 
 

@@ -10,8 +10,9 @@ holds the frame-index code when ground truth is on.
 Sound: each impact is a struck-object sound starting at the first sample at or after the exact
 impact time (0.5 ms attack, 10 ms broadband click, four inharmonic partials with exponential
 decay, the higher ones faster), at the object's pitch, louder for harder impacts, panned by its
-position; sliding makes a low-passed noise scrape that follows the speed; a quiet pink-noise
-floor runs throughout; each lit lamp adds its tone (`pipelines.synth_lamps`); with ground truth
+position; sliding makes a low-passed noise scrape that follows the speed; the scene's ambience,
+a noise bed whose spectral slope the sky's hue shows (`pipelines.synth_ambience`), runs
+throughout; each lit lamp adds its tone (`pipelines.synth_lamps`); with ground truth
 on, the audio time code is mixed in instead of the lamp tones, which share its band.
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipelines import groundtruth as gt
+from pipelines.synth_ambience import AMBIENCE_RMS, QUIET_RMS, noise_bed
 from pipelines.synth_lamps import FLASH_COLOR, FLASH_LIFE, LAMP_HALF, lamp_tones
 from pipelines.synth_scene import FRICTION, Event, SceneObject, VideoPlan
 
@@ -292,14 +294,22 @@ def scrape_sound(
     return lo, noise * 0.12 * (v / 1.2) * np.minimum(since / 0.01, 1.0)
 
 
+def _ambience(plan: VideoPlan, rng: np.random.Generator) -> np.ndarray:
+    """The noise bed [2, num_samples]: the scene's ambience, or with `plan.ambience` off a quiet
+    pink floor; quiet too under the time code."""
+    if not plan.ambience:
+        return noise_bed(rng, 1.0, plan.sample_rate, plan.num_samples, QUIET_RMS)
+    rms = QUIET_RMS if plan.ground_truth else AMBIENCE_RMS
+    beta = float(plan.palette["ambience_beta"])
+    return noise_bed(rng, beta, plan.sample_rate, plan.num_samples, rms)
+
+
 def render_audio(plan: VideoPlan) -> np.ndarray:
     """Stereo float32 [2, num_samples] in [-1, 1]."""
     rng = np.random.default_rng(plan.audio_seed)
     sr, n = plan.sample_rate, plan.num_samples
     out = np.zeros((2, n), np.float64)
-    spec = np.fft.rfft(rng.standard_normal((2, n)), axis=1)  # ambient: quiet pink noise
-    ambient = np.fft.irfft(spec / np.sqrt(np.maximum(np.fft.rfftfreq(n, 1.0 / sr), 20.0)), n)
-    out += ambient * (0.004 / max(float(ambient.std()), 1e-12))
+    out += _ambience(plan, rng)
     gain = EVENT_GAIN_WITH_CODE if plan.ground_truth else 1.0
     for ep in plan.episodes:
         sounds = [

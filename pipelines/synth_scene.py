@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipelines import groundtruth as gt
+from pipelines.synth_ambience import BETA_MAX, sky_color
 from pipelines.synth_lamps import LampSet
 
 GRAVITY = 4.5  # scene heights / s^2
@@ -114,6 +115,7 @@ class VideoPlan:
     episodes: list[Episode]
     palette: dict[str, Any] = field(default_factory=dict)
     lamps: LampSet | None = None  # dusk lamps (pipelines.synth_lamps); None = none
+    ambience: bool = True  # the sky-coloured noise bed (pipelines.synth_ambience); else pink floor
     audio_seed: int = 0
 
     @property
@@ -226,9 +228,15 @@ def _object_color(rng: np.random.Generator) -> tuple[float, float, float]:
 
 
 def draw_palette(rng: np.random.Generator, aspect: float) -> dict[str, Any]:
-    """Background colours and static props (x, width, height, colour) of one video."""
-    sky_top = _muted_color(rng, 60, 200)
-    sky_bottom = np.clip(sky_top + rng.uniform(-50, 50, 3), 30, 230)
+    """Background colours and static props (x, width, height, colour) of one video.
+
+    The sky's hue shows the ambience exponent (`pipelines.synth_ambience`); the sky darkens or
+    lightens towards the floor without changing hue.
+    """
+    u = rng.uniform(0.0, 1.0, 3)
+    beta = float(BETA_MAX * u[0])
+    sky_top = np.asarray(sky_color(beta, float(u[1]), float(u[2])))
+    sky_bottom = np.clip(sky_top * (1.0 + rng.uniform(-50, 50, 3)[0] / 125.0), 0, 255)
     ground = _muted_color(rng, 40, 120)
     props = []
     for _ in range(int(rng.integers(2, 5))):
@@ -242,6 +250,7 @@ def draw_palette(rng: np.random.Generator, aspect: float) -> dict[str, Any]:
         "ground": ground.tolist(),
         "props": props,
         "dust": np.clip(ground + 90, 0, 255).tolist(),
+        "ambience_beta": beta,
     }
 
 

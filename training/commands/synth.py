@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dusk lamps that come on through each video, with their tones (default on)",
     )
     parser.add_argument(
+        "--ambience",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a noise bed whose spectral slope the sky's hue shows (default on; off: a quiet "
+        "pink floor)",
+    )
+    parser.add_argument(
         "--test-fraction",
         type=float,
         default=0.2,
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             ground_truth=args.ground_truth,
             lamps=args.lamps,
+            ambience=args.ambience,
             test_fraction=args.test_fraction,
             split=args.split,
             max_objects=args.max_objects,
