@@ -100,8 +100,11 @@ def demo() -> RunConfig:
     """Tiny encoders, small clips: learns on 2 CPUs in about 10 minutes (docs/training.md).
 
     Speeds 1/2/4: the demo's 6-second segments cannot hold an 8x audio clip. Crops keep most of
-    the frame, so the small objects and their impact rings stay in view. The contrastive terms
-    are down-weighted: at weight 1 their gradients drown the video heads in a short CPU run.
+    the frame, so the small objects and their impact rings stay in view. Only the video-audio
+    contrastive term, down-weighted: at weight 1 its gradients drown the video heads in a short
+    CPU run, and the video-video term fits every training video and holds back video direction.
+    No queue: without a momentum encoder its rows are stale and video-audio InfoNCE does not
+    learn with it (docs/method.md, "The queue and a fast-changing encoder").
     """
     return RunConfig(
         preset="demo",
@@ -122,7 +125,7 @@ def demo() -> RunConfig:
             head_hidden=128,
             n_mels=40,
         ),
-        loss=LossConfig(temperature=0.1, w_vv=0.1, w_va=0.3, queue_size=1024, knn_k=3),
+        loss=LossConfig(temperature=0.1, w_vv=0.0, w_va=0.3, queue_size=0, knn_k=0),
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
         train=TrainConfig(
             num_workers=1, cpus_per_worker=1.0, steps=1500, log_every=10, checkpoint_every=250
@@ -143,7 +146,7 @@ def smoke() -> RunConfig:
             stream=replace(base.data.stream, batch_size=4, rows_per_task=2, examples_per_row=4),
         ),
         model=replace(base.model, tiny_width=8, embed_dim=16, proj_hidden=32, head_hidden=32),
-        loss=replace(base.loss, queue_size=64, knn_k=2),
+        loss=replace(base.loss, w_vv=0.1, queue_size=64, knn_k=2),  # every term and the queue
         optim=replace(base.optim, warmup_steps=2),
         train=replace(
             base.train,
