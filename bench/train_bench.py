@@ -10,6 +10,8 @@ the same shards), on the same CPU budget of C = all usable cores:
   worker holding `train.cpus_per_worker` CPUs (its torch threads), Ray Data the rest.
 - plain: `torch.utils.data.DataLoader(pipelines.stream.torch_iterable(...), batch_size=None,
   num_workers=C - cpus_per_worker)` and a loop in this process with the same torch threads.
+Both sides' samplers run at niceness `data.stream.nice` (19 by default; Ray starts its workers,
+the Train worker among them, at 15; the plain loop runs at the shell's, usually 0).
 Reported: steady-state examples/s after `--warmup` steps (ratio Ray / plain; target >= 0.9x),
 the fraction of step time spent waiting for data on each side, and for Ray the time from
 `fit()` to the end of the first step (and for plain, from the loop's start). The load average is
@@ -101,7 +103,13 @@ def run_plain(cfg: Any, shards: str, loaders: int, warmup: int) -> dict[str, flo
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     st = build_state(cfg, torch.device("cpu"))
     t_start = time.perf_counter()
-    loader = DataLoader(epochs_iterable(shards, cfg.data), batch_size=None, num_workers=loaders)
+    from pipelines.stream import lower_priority
+
+    nice = cfg.data.stream.nice  # the same priority as the Ray side's sampling tasks
+    loader = DataLoader(
+        epochs_iterable(shards, cfg.data), batch_size=None, num_workers=loaders,
+        worker_init_fn=lambda _worker: lower_priority(nice),
+    )  # fmt: skip
     batches = (b for b in loader if b["video1"].shape[0] == cfg.data.stream.batch_size)
     window, first_step_s = Window(), float("nan")
     for step in range(1, cfg.train.steps + 1):

@@ -87,12 +87,17 @@ class StreamConfig:
     rows_per_task: int = 4  # segment rows per map_batches call
     examples_per_row: int = 1  # examples drawn from each segment row per epoch
     seed: int = 0
+    # Sampling tasks raise their process's niceness to this (Ray starts workers at 15), so where
+    # CPUs are short the Train worker runs first and the stream fills the gaps; -1 leaves it.
+    nice: int = 19
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.rows_per_task < 1 or self.examples_per_row < 1:
             raise ValueError("batch_size, rows_per_task and examples_per_row must be >= 1")
         if self.cpus_per_task <= 0:
             raise ValueError("cpus_per_task must be > 0")
+        if not -1 <= self.nice <= 19:
+            raise ValueError(f"nice must be -1 (leave it) or in [0, 19], got {self.nice}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -294,11 +295,25 @@ def sample_units(
 ) -> dict[str, np.ndarray]:
     """The map_batches function: work units (numpy columns) -> a batch of examples. `fs` comes
     from the driver (as `read_parquet` passes its filesystem), so workers need no S3 settings."""
+    lower_priority(cfg.stream.nice)
     examples: list[Example] = []
     for i in range(len(batch["path"])):
         unit = {k: batch[k][i] for k in ("path", "row_group", "start", "stop", "epoch")}
         examples.extend(unit_examples(unit, fs, cfg, sample_rate))
     return to_batch(examples, cfg, sample_rate=sample_rate)
+
+
+def lower_priority(nice: int) -> None:
+    """Raise this process's niceness to `nice` (never lower it: that needs privileges); -1 or an
+    OS that refuses leaves it as it is."""
+    if nice < 0:
+        return
+    try:
+        current = os.nice(0)
+        if current < nice:
+            os.nice(nice - current)
+    except OSError:
+        pass
 
 
 def build_pretext_dataset(

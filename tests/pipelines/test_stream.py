@@ -4,6 +4,9 @@ across epochs, the plain-Python iterator, and shards on S3 (SeaweedFS)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +135,26 @@ def test_plain_iterator_workers_split_and_torch_loader(shards: str) -> None:
     stats = segment_stats(shards, CFG)
     # 4.8 s segments cannot hold a 5.12 s x8 audio clip: x8 is dropped (restricted)
     assert stats == {"ok": 0, "restricted": 8, "skipped": 1, "no_audio": 1}, stats
+
+
+@pytest.mark.unit
+def test_sampling_priority_is_only_ever_lowered() -> None:
+    """`lower_priority` raises niceness to the target and never back down (in a child process:
+    niceness cannot be undone)."""
+    code = (
+        "import os\n"
+        "from pipelines.stream import lower_priority\n"
+        "lower_priority(5); a = os.nice(0)\n"
+        "lower_priority(3); b = os.nice(0)\n"
+        "lower_priority(-1); c = os.nice(0)\n"
+        "print(a, b, c)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    start = os.nice(0)
+    assert out.stdout.split() == [str(max(start, 5))] * 3
+    with pytest.raises(ValueError, match="nice must be"):
+        StreamConfig(nice=20)
+    assert StreamConfig().nice == 19
