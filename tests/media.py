@@ -254,3 +254,12 @@ def odd_corpus(folder: str | Path, *, heavy: bool = True) -> dict[str, Path]:
             d / "long.mkv", Spec(seconds=25.0, fps=10, width=96, height=64, audio_rate=8000)
         )
     return files
+
+
+def decode_mono(path: str | Path) -> tuple[np.ndarray, int]:
+    """(samples float64 [N], rate) of a file's first audio stream, downmixed to mono by PyAV."""
+    with av.open(str(path)) as c:
+        rate = c.streams.audio[0].rate
+        rs = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks = [g.to_ndarray().reshape(-1) for f in c.decode(audio=0) for g in rs.resample(f)]
+    return np.concatenate(chunks).astype(np.float64), rate

@@ -24,14 +24,7 @@ from pipelines.synth_ambience import (
     sky_color,
 )
 from pipelines.synth_render import render_audio
-
-
-def _audio(path: Path) -> tuple[np.ndarray, int]:
-    with av.open(str(path)) as c:
-        rate = c.streams.audio[0].rate
-        rs = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks = [g.to_ndarray().reshape(-1) for f in c.decode(audio=0) for g in rs.resample(f)]
-    return np.concatenate(chunks).astype(np.float64), rate
+from tests.media import decode_mono
 
 
 def _top_rows(path: Path) -> np.ndarray:
@@ -117,7 +110,7 @@ def test_decoded_sound_and_sky_carry_the_sidecar_beta(corpus: tuple[Path, list[d
         assert amb["rms"] == AMBIENCE_RMS
         seen = beta_of_color(_top_rows(out / m["path"]))
         assert seen == pytest.approx(amb["beta"], abs=0.15), m["name"]
-        wave, rate = _audio(out / m["path"])
+        wave, rate = decode_mono(out / m["path"])
         betas.append(amb["beta"])
         heard.append(spectral_exponent(wave, rate, lo=2500.0, hi=min(9000.0, 0.4 * rate)))
     assert np.ptp(betas) > 0.9  # seed 5 spans the range
@@ -144,6 +137,6 @@ def test_ambience_off_leaves_only_a_quiet_floor(tmp_path: Path) -> None:
     (off,) = generate_corpus(tmp_path / "off", SynthConfig(**kw, ambience=False), workers=1)
     assert off["ambience"] is None and on["ambience"] is not None
     assert off["events"] == on["events"]
-    quiet_on = _quiet_high_power(*_audio(tmp_path / "on" / on["path"]))
-    quiet_off = _quiet_high_power(*_audio(tmp_path / "off" / off["path"]))
+    quiet_on = _quiet_high_power(*decode_mono(tmp_path / "on" / on["path"]))
+    quiet_off = _quiet_high_power(*decode_mono(tmp_path / "off" / off["path"]))
     assert quiet_on > 10 * quiet_off, (quiet_on, quiet_off)

@@ -15,19 +15,12 @@ import pytest
 
 from pipelines.synth import SynthConfig, generate_corpus, plan_video
 from pipelines.synth_lamps import FLASH_LIFE, LAMP_PERIOD_S, TONE_FADE_S, draw_lamps, lamp_color
+from tests.media import decode_mono
 
 
 def _frames(path: Path) -> np.ndarray:
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(float)
-
-
-def _audio(path: Path) -> tuple[np.ndarray, int]:
-    with av.open(str(path)) as c:
-        rate = c.streams.audio[0].rate
-        rs = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks = [g.to_ndarray().reshape(-1) for f in c.decode(audio=0) for g in rs.resample(f)]
-    return np.concatenate(chunks).astype(np.float64), rate
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +73,7 @@ def test_lamp_tones_sound_from_their_time_on(lamp_corpus: tuple[Path, list[dict]
     out, metas = lamp_corpus
     on_checked = off_checked = 0
     for m in metas:
-        audio, rate = _audio(out / m["path"])
+        audio, rate = decode_mono(out / m["path"])
         items = m["lamps"]["items"]
         n = int(0.2 * rate)
         win = np.hanning(n)
