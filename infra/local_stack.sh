@@ -140,9 +140,10 @@ start_ray() {
   [[ -f "$DIR/ray_auth_token" ]] || new_secret | write_private "$DIR/ray_auth_token"
   local pid extra
   read -r -a extra <<< "${AVTIME_RAY_EXTRA_ARGS:-}"
-  # PATH: jobs run `avtime` from the head's environment
+  # PATH: jobs run `avtime` from the head's environment. worker_niceness 0 (Ray's default: 15):
+  # the Train worker runs like a plain process; sampling tasks drop to data.stream.nice (19).
   pid="$(RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(cat "$DIR/ray_auth_token")" \
-    RAY_USAGE_STATS_ENABLED=0 PATH="$BIN:$PATH" \
+    RAY_USAGE_STATS_ENABLED=0 RAY_worker_niceness=0 PATH="$BIN:$PATH" \
     launch ray "$BIN/ray" start --head --block --node-ip-address=127.0.0.1 \
       --port="$RAY_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
       --ray-client-server-port="$CLIENT_PORT" --num-cpus="$RAY_CPUS" \

@@ -72,6 +72,7 @@ def test_rayjob_manifest() -> None:
             assert res["requests"]["cpu"] == res["limits"]["cpu"]
             env = {e["name"]: e for e in c["env"]}
             assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert env["RAY_worker_niceness"]["value"] == "0"  # Train workers not at 15
             for name, e in env.items():  # secrets only by reference
                 if SECRET_NAME.search(name):
                     assert "secretKeyRef" in e["valueFrom"] and "value" not in e, name
@@ -133,6 +134,7 @@ def test_aws_cluster_launcher_config() -> None:
     assert cfg["docker"]["image"].endswith(f":{ray_version()}")
     starts = " ".join(cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
     assert starts.count("RAY_AUTH_MODE=token") == 2
+    assert starts.count("RAY_worker_niceness=0 ray start") == 2
     assert not SECRET_NAME.search(yaml.safe_dump(cfg.get("docker", {})))
     bad = copy.deepcopy(cfg)
     bad["available_node_types"]["gpu_worker"]["min_worker"] = 0  # a typo is caught

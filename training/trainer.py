@@ -31,6 +31,7 @@ from training.loop import JobSpec, loop_config, train_loop_per_worker
 
 MIN_DATA_CPUS = 0.5  # logical CPUs Ray Data needs beside the training workers
 EPOCH_MARGIN = 1  # extra data epochs in the stream, for rows the sampler skips
+WORKER_NICENESS = 0  # of a local Ray's workers (Ray's default is 15); samplers go to 19 themselves
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +97,13 @@ def ensure_local_ray(min_cpus: float = 1.0) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster
     # The dashboard serves the state API, which Ray Train's placement-group cleaner polls: without
     # it, the cleaner logs "Failed to query Ray Train Controller actor state" every second.
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), include_dashboard=True)
+    # Ray starts its workers at niceness 15 (`worker_niceness`); at 0 the Train worker competes
+    # like a plain process, while the sampling tasks lower themselves to `data.stream.nice`.
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
+        include_dashboard=True,
+        _system_config={"worker_niceness": WORKER_NICENESS},
+    )
 
 
 def ensure_ray(tcfg: TrainConfig) -> None:
@@ -132,15 +139,25 @@ def check_resources(tcfg: TrainConfig, resources: dict[str, float]) -> None:
 
 
 def examples_per_epoch(data: str, cfg: DataConfig) -> int:
-    """Rows in the shards (from manifest.json) times examples drawn per row."""
-    from pipelines.schema import MANIFEST_NAME, parse_manifest
+    """Segment rows the sampler draws from, times examples per row: rows too short for every
+    configured speed are skipped (`segment_stats`, from the shards' metadata columns), so they
+    do not count; the stream would otherwise run out before the last steps."""
+    from pipelines.schema import MANIFEST_NAME
+    from pipelines.stream import segment_stats
 
     uri = storage.join(data, MANIFEST_NAME)
     if not storage.exists(uri):
         raise FileNotFoundError(f"{uri} is missing; run `avtime preprocess SRC {data}` first")
-    rows = int(parse_manifest(storage.read_bytes(uri))["counts"]["rows"])
-    if rows < 1:
+    stats = segment_stats(data, cfg)
+    rows = stats["ok"] + stats["restricted"]
+    if rows + stats["skipped"] < 1:
         raise ValueError(f"{data} holds no segment rows (see its rejects.parquet)")
+    if rows < 1:
+        raise ValueError(
+            f"all {stats['skipped']} segments in {data} are too short for the speeds "
+            f"{cfg.pretext.speeds} at {cfg.pretext.clip_frames} frames a clip: lower "
+            "data.pretext.speeds or data.pretext.clip_frames, or preprocess longer segments"
+        )
     return rows * cfg.stream.examples_per_row
 
 

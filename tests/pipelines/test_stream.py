@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,31 @@ def test_plain_iterator_workers_split_and_torch_loader(shards: str) -> None:
     stats = segment_stats(shards, CFG)
     # 4.8 s segments cannot hold a 5.12 s x8 audio clip: x8 is dropped (restricted)
     assert stats == {"ok": 0, "restricted": 8, "skipped": 1, "no_audio": 1}, stats
+
+
+@pytest.mark.integration
+def test_examples_per_epoch_counts_only_rows_the_sampler_uses(shards: str, tmp_path: Path) -> None:
+    """The trainer sizes its stream by `examples_per_epoch`: it must equal what one epoch
+    yields (the short row is skipped), or the stream runs out before the last steps."""
+    import shutil
+
+    from pipelines.schema import MANIFEST_NAME, build_manifest, manifest_to_bytes
+    from training.trainer import examples_per_epoch
+
+    for p in Path(shards).glob("part-*.parquet"):
+        shutil.copy(p, tmp_path / p.name)
+    with pytest.raises(FileNotFoundError, match="avtime preprocess"):
+        examples_per_epoch(str(tmp_path), CFG)
+    doc = build_manifest(
+        code_version="test", frame_format="jpeg", config={}, inputs=[],
+        counts={"rows": ROWS}, shards=[],
+    )  # fmt: skip
+    (tmp_path / MANIFEST_NAME).write_bytes(manifest_to_bytes(doc))
+    yielded = sum(1 for _ in iter_pretext_examples(str(tmp_path), CFG, epoch=0))
+    assert examples_per_epoch(str(tmp_path), CFG) == yielded == (ROWS - 1) * 2
+    too_long = replace(CFG, pretext=replace(CFG.pretext, clip_frames=400))
+    with pytest.raises(ValueError, match="too short for the speeds"):
+        examples_per_epoch(str(tmp_path), too_long)
 
 
 @pytest.mark.unit

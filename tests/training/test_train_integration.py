@@ -206,3 +206,31 @@ def test_killed_worker_restarts_from_checkpoint_in_the_same_mlflow_run(
     assert resumed and all(m.value % 5 == 0 and 5 <= m.value < 30 for m in resumed)
     for key in ("loss", "lr", "acc_order_av", "data_wait_fraction"):
         assert _metric_steps(client, run.info.run_id, key) == list(range(1, 31))
+
+
+def test_local_ray_runs_workers_at_niceness_zero_and_samplers_lower_themselves() -> None:
+    """The Ray `avtime train` starts (no RAY_ADDRESS) gives its workers, the Train worker among
+    them, niceness 0 rather than Ray's 15; a sampling task still drops to `data.stream.nice`.
+    In a child process: this module's Ray is already up, and niceness cannot be undone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, ray\n"
+        "from pipelines.config import StreamConfig\n"
+        "from pipelines.stream import lower_priority\n"
+        "from training.trainer import ensure_local_ray\n"
+        "ensure_local_ray(1)\n"
+        "worker = ray.remote(num_cpus=0.1)(lambda: os.nice(0))\n"
+        "def sampler():\n"
+        "    lower_priority(StreamConfig().nice)\n"
+        "    return os.nice(0)\n"
+        "print(ray.get(worker.remote()), ray.get(ray.remote(num_cpus=0.1)(sampler).remote()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    worker_nice, sampler_nice = (int(v) for v in out.stdout.split()[-2:])
+    assert (worker_nice, sampler_nice) == (os.nice(0), 19)
