@@ -52,7 +52,7 @@ class JobSpec:
 
     tracking_uri: str
     run_id: str
-    examples_per_epoch: int  # examples in one data epoch (rows x examples_per_row)
+    examples_per_epoch: int  # examples in one data epoch (usable rows x examples_per_row)
     fit_start_unix: float = 0.0  # when the driver called fit(); 0 = unknown
     system_metrics: bool = True
 
