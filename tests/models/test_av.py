@@ -167,23 +167,29 @@ def test_a_few_steps_lower_the_loss_on_a_toy_batch() -> None:
 
 
 def check_bf16_autocast_forward_with_float32_losses() -> None:
-    """bf16 forward, fp32 losses, finite gradients (run in a fresh process by the test)."""
+    """bf16 forward, fp32 losses, finite gradients (run in a fresh process by the test).
+
+    With oneDNN, the CPU bf16 weight gradient of the tiny encoder's layer-4 (2+1)D conv held a
+    few non-finite entries in about one fresh process in ten (57 of 8,208, loss identical), a
+    kernel fault, not the model's: the native kernels run here instead. avtime trains in bf16
+    only on CUDA; on CPU it runs fp32."""
     torch.manual_seed(0)
     model = AVModel(tiny_model_cfg(), NUM_SPEEDS)
     batch = make_batch(B, seed=5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = forward(model, batch)
-    assert out["emb_vv"].dtype == torch.bfloat16
-    loss, terms = total_loss(out, batch, loss_cfg())
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
+    with torch.backends.mkldnn.flags(enabled=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(model, batch)
+        assert out["emb_vv"].dtype == torch.bfloat16
+        loss, terms = total_loss(out, batch, loss_cfg())
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @pytest.mark.unit
 def test_bf16_autocast_forward_with_float32_losses() -> None:
-    """Runs the check in a fresh interpreter: CPU bf16 kernels chosen after earlier tests in this
-    process (oneDNN primitive caches) gave non-finite gradients only in-process, never alone."""
+    """Runs the check in a fresh interpreter, away from the kernels and caches earlier tests in
+    this process chose (see the check for the oneDNN fault it avoids)."""
     import subprocess
     import sys
 
