@@ -131,15 +131,15 @@ def run_plain(cfg: Any, shards: str, loaders: int, warmup: int) -> dict[str, flo
     }
 
 
-def one_round(cfg: Any, shards: str, work: Path, loaders: int, warmup: int) -> float:
-    """Ray side then plain side; print both and return the ratio of their examples/s."""
+def one_round(cfg: Any, shards: str, work: Path, cpus: int, loaders: int, warmup: int) -> float:
+    """Ray side (a local Ray of `cpus` CPUs) then plain side; print both, return the ratio."""
     import ray
 
     from training.trainer import ensure_local_ray
 
     if ray.is_initialized():  # make_shards' preprocess left its own Ray up on a first run
         ray.shutdown()
-    ensure_local_ray(cores())  # the Ray `avtime train` starts: all cores, workers at niceness 0
+    ensure_local_ray(cpus)  # the Ray `avtime train` starts: all cores, workers at niceness 0
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         ray_side = run_ray(cfg, shards, Path(tmp), warmup)
     ray.shutdown()
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"data the rest (plain: {loaders} DataLoader workers); "
         f"load average {os.getloadavg()[0]:.2f}"
     )
-    ratios = [one_round(cfg, shards, work, loaders, args.warmup) for _ in range(args.rounds)]
+    ratios = [one_round(cfg, shards, work, n, loaders, args.warmup) for _ in range(args.rounds)]
     if len(ratios) > 1:
         print(f"P3 throughput ratio ray/plain over {len(ratios)} rounds: median "
               f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}; "

@@ -30,7 +30,7 @@ from training.configlib import dump_yaml, flatten
 from training.loop import JobSpec, loop_config, train_loop_per_worker
 
 MIN_DATA_CPUS = 0.5  # logical CPUs Ray Data needs beside the training workers
-EPOCH_MARGIN = 1  # extra data epochs in the stream, for rows the sampler skips
+EPOCH_MARGIN = 1  # a spare data epoch: drop_last and the equal split across workers lose rows
 WORKER_NICENESS = 0  # of a local Ray's workers (Ray's default is 15); samplers go to 19 themselves
 
 

@@ -157,7 +157,11 @@ def test_examples_per_epoch_counts_only_rows_the_sampler_uses(shards: str, tmp_p
     )  # fmt: skip
     (tmp_path / MANIFEST_NAME).write_bytes(manifest_to_bytes(doc))
     yielded = sum(1 for _ in iter_pretext_examples(str(tmp_path), CFG, epoch=0))
-    assert examples_per_epoch(str(tmp_path), CFG) == yielded == (ROWS - 1) * 2
+    assert (
+        examples_per_epoch(str(tmp_path), CFG)
+        == yielded
+        == (ROWS - 1) * CFG.stream.examples_per_row
+    )
     too_long = replace(CFG, pretext=replace(CFG.pretext, clip_frames=400))
     with pytest.raises(ValueError, match="too short for the speeds"):
         examples_per_epoch(str(tmp_path), too_long)
