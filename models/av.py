@@ -91,7 +91,7 @@ class AVModel(nn.Module):
         d, ph, hh = model_cfg.embed_dim, model_cfg.proj_hidden, model_cfg.head_hidden
         self.heads = nn.ModuleDict()
         if parts.vv:
-            self.heads["proj_vv"] = MLP(fv, ph, d)
+            self.heads["proj_vv"] = MLP(len(range(fv)[self.vv_columns]), ph, d)
         if parts.va:
             self.heads["proj_va_video"] = MLP(fv, ph, d)
             self.heads["proj_va_audio"] = MLP(fa, ph, d)
@@ -106,6 +106,12 @@ class AVModel(nn.Module):
             self.heads["audio_order"] = PairHead(2 * fa, hh)
         if parts.order_inter:
             self.heads["av_order"] = PairHead(fv + fa, hh)
+
+    @property
+    def vv_columns(self) -> slice:
+        """The video feature columns the video-video term reads: the motion stream's, if any."""
+        motion = getattr(self.video, "motion_slice", None)
+        return motion if isinstance(motion, slice) else slice(None)
 
     @property
     def video_dim(self) -> int:
@@ -144,7 +150,7 @@ class AVModel(nn.Module):
             out["feat_audio"] = _pair(fa, b)
         heads = self.heads
         if "proj_vv" in heads:
-            out["emb_vv"] = _pair(heads["proj_vv"](fv), b)
+            out["emb_vv"] = _pair(heads["proj_vv"](fv[:, self.vv_columns]), b)
         if "proj_va_video" in heads and fa is not None:
             out["emb_va_video"] = _pair(heads["proj_va_video"](fv), b)
             out["emb_va_audio"] = _pair(heads["proj_va_audio"](fa), b)

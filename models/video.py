@@ -2,7 +2,8 @@
 
 Both take uint8 clips [B, 3, T, H, W] and normalise them on the device they run on, so the data
 pipeline ships uint8 (4x smaller than float32). With `frame_diff=True` the encoder also sees the
-frame differences x[t+1] - x[t] (zero for the last frame) as 3 extra input channels.
+frame differences x[t+1] - x[t] (zero for the last frame) as 3 extra input channels; with
+`rgb=False` as well, it sees only those (residual frames): no still appearance, only what moves.
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ VIDEO_STD = (0.22803, 0.22145, 0.216989)
 
 
 class VideoInput(nn.Module):
-    """uint8 clips -> normalised float clips, optionally with frame differences appended.
+    """uint8 clips -> normalised float clips, optionally with frame differences appended (or, with
+    `rgb=False`, the frame differences alone).
 
-    Input [B, 3, T, H, W] uint8; output [B, C, T, H, W] float32 with C = 6 if `frame_diff` else 3.
+    Input [B, 3, T, H, W] uint8; output [B, C, T, H, W] float32 with C = 3 per part shown: the
+    normalised frames (if `rgb`), then their differences (if `frame_diff`).
     """
 
-    def __init__(self, frame_diff: bool) -> None:
+    def __init__(self, frame_diff: bool, rgb: bool = True) -> None:
         super().__init__()
+        if not (frame_diff or rgb):
+            raise ValueError("the video input needs the frames (rgb) or their differences")
         self.frame_diff = frame_diff
+        self.rgb = rgb
         self.mean: Tensor
         self.std: Tensor
         self.register_buffer("mean", torch.tensor(VIDEO_MEAN).view(1, 3, 1, 1, 1), persistent=False)
@@ -36,7 +42,7 @@ class VideoInput(nn.Module):
     @property
     def channels(self) -> int:
         """Number of output channels."""
-        return 6 if self.frame_diff else 3
+        return 3 * (int(self.rgb) + int(self.frame_diff))
 
     def forward(self, video: Tensor) -> Tensor:
         """[B, 3, T, H, W] uint8 (or float in [0, 255]) -> [B, C, T, H, W] float32."""
@@ -46,17 +52,17 @@ class VideoInput(nn.Module):
             return x
         diff = torch.zeros_like(x)
         diff[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
-        return torch.cat([x, diff], dim=1)
+        return torch.cat([x, diff], dim=1) if self.rgb else diff
 
 
 class R2Plus1DEncoder(nn.Module):
     """torchvision `r2plus1d_18` (random init) up to global average pooling; 512-d features."""
 
-    def __init__(self, frame_diff: bool = False) -> None:
+    def __init__(self, frame_diff: bool = False, rgb: bool = True) -> None:
         super().__init__()
-        self.input = VideoInput(frame_diff)
+        self.input = VideoInput(frame_diff, rgb)
         net = r2plus1d_18(weights=None)
-        if frame_diff:
+        if self.input.channels != 3:
             # torchvision's R2Plus1dStem first conv, with 6 input channels instead of 3.
             net.stem[0] = nn.Conv3d(
                 self.input.channels, 45, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False
@@ -93,9 +99,9 @@ class TinyVideoEncoder(nn.Module):
     training on 8 x 64 x 64 clips.
     """
 
-    def __init__(self, width: int = 32, frame_diff: bool = False) -> None:
+    def __init__(self, width: int = 32, frame_diff: bool = False, rgb: bool = True) -> None:
         super().__init__()
-        self.input = VideoInput(frame_diff)
+        self.input = VideoInput(frame_diff, rgb)
         half = max(width // 2, 4)
         self.stem = nn.Sequential(
             nn.Conv3d(self.input.channels, half, (1, 7, 7), (1, 4, 4), (0, 3, 3), bias=False),
@@ -146,8 +152,40 @@ def _init_video(module: nn.Module) -> None:
             nn.init.constant_(m.bias, 0)
 
 
-def build_video_encoder(cfg: ModelConfig) -> R2Plus1DEncoder | TinyVideoEncoder:
-    """The video encoder named by `cfg.video_arch`; `.out_dim` is its feature size."""
+class TwoStreamVideoEncoder(nn.Module):
+    """An appearance stream (as configured) and a motion stream that sees only frame differences,
+    each an encoder of `cfg.video_arch`; their pooled features are concatenated, appearance first.
+
+    `motion_slice` picks the motion stream's columns: the video-video contrastive term reads only
+    those (models/av.py), so matching two clips of one video cannot rest on its still background.
+    """
+
+    def __init__(self, appearance: nn.Module, motion: nn.Module) -> None:
+        super().__init__()
+        self.appearance = appearance
+        self.motion = motion
+        a, m = int(appearance.out_dim), int(motion.out_dim)  # type: ignore[arg-type]
+        self.out_dim = a + m
+        self.motion_slice = slice(a, a + m)
+
+    def forward(self, video: Tensor) -> Tensor:
+        """[B, 3, T, H, W] uint8 -> [B, Fa + Fm] pooled features (appearance, then motion)."""
+        return torch.cat([self.appearance(video), self.motion(video)], dim=1)
+
+
+VideoEncoder = R2Plus1DEncoder | TinyVideoEncoder | TwoStreamVideoEncoder
+
+
+def _single(cfg: ModelConfig, frame_diff: bool, rgb: bool) -> R2Plus1DEncoder | TinyVideoEncoder:
     if cfg.video_arch == "r2plus1d_18":
-        return R2Plus1DEncoder(frame_diff=cfg.frame_diff)
-    return TinyVideoEncoder(width=cfg.tiny_width, frame_diff=cfg.frame_diff)
+        return R2Plus1DEncoder(frame_diff=frame_diff, rgb=rgb)
+    return TinyVideoEncoder(width=cfg.tiny_width, frame_diff=frame_diff, rgb=rgb)
+
+
+def build_video_encoder(cfg: ModelConfig) -> VideoEncoder:
+    """The video encoder named by `cfg.video_arch` (two of them with `cfg.motion_stream`);
+    `.out_dim` is its feature size."""
+    first = _single(cfg, cfg.frame_diff, cfg.video_rgb)
+    if not cfg.motion_stream:
+        return first
+    return TwoStreamVideoEncoder(first, _single(cfg, frame_diff=True, rgb=False))

@@ -90,6 +90,48 @@ def test_video_input_normalises_on_device_and_appends_frame_differences() -> Non
 
 
 @pytest.mark.unit
+def test_video_input_without_rgb_shows_only_what_moves() -> None:
+    still = torch.randint(0, 256, (1, 3, 1, 8, 8), dtype=torch.uint8).expand(2, 3, 5, 8, 8)
+    video = still.clone()
+    video[1, :, 2:, 3, 3] = 255 - video[1, :, 2:, 3, 3]  # one pixel changes at frame 2 of clip 1
+    only = VideoInput(True, rgb=False)(video)
+    both = VideoInput(True)(video)
+    assert only.shape == (2, 3, 5, 8, 8)
+    torch.testing.assert_close(only, both[:, 3:])
+    assert only[0].abs().sum() == 0  # a still clip is all zeros, whatever its colours
+    changed = only[1].abs().sum(0).nonzero().tolist()
+    assert changed == [[1, 3, 3]]  # x[2] - x[1] at the changed pixel, nothing else
+    assert TinyVideoEncoder(8, True, rgb=False).stem[0].in_channels == 3
+    with pytest.raises(ValueError, match="frames"):
+        VideoInput(False, rgb=False)
+    with pytest.raises(ValueError, match="frame_diff"):
+        ModelConfig(video_rgb=False)
+
+
+@pytest.mark.unit
+def test_motion_stream_is_blind_to_stills_and_alone_feeds_the_vv_term() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(video_arch="tiny", audio_arch="tiny", tiny_width=8, motion_stream=True)
+    model = AVModel(cfg, NUM_SPEEDS).eval()
+    enc = model.video
+    assert enc.out_dim == 64 and model.vv_columns == slice(32, 64)
+    assert model.heads["proj_vv"][0].in_features == 32
+    stills = torch.randint(0, 256, (2, 3, 1, 32, 32), dtype=torch.uint8).expand(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        f = model.encode_video(stills.contiguous())
+    # Two different still clips: the appearance columns differ, the motion columns do not.
+    assert (f[0, :32] - f[1, :32]).abs().max() > 1e-3
+    torch.testing.assert_close(f[0, 32:], f[1, 32:])
+    model.train()
+    batch = make_batch(B, seed=3)
+    out = forward(model, batch)
+    out["emb_vv"].square().sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(not _has_grad(g) for n, g in grads.items() if n.startswith("video.appearance."))
+    assert any(_has_grad(g) for n, g in grads.items() if n.startswith("video.motion."))
+
+
+@pytest.mark.unit
 def test_log_mel_front_end_shape_and_silence() -> None:
     front = LogMel(16000, 16, 25.0, 10.0)
     spec = front(torch.cat([torch.zeros(1, 2560), 0.3 * torch.randn(1, 2560)]))

@@ -108,3 +108,13 @@ def test_configs_are_frozen() -> None:
     cfg = PRESETS["smoke"]()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.steps = 3  # type: ignore[misc]
+
+
+@pytest.mark.unit
+def test_video_input_switches_parse_and_an_empty_input_is_refused() -> None:
+    cfg = load_run_config("smoke", ["model.video_rgb=false", "model.motion_stream=true"])
+    assert cfg.model.video_rgb is False and cfg.model.motion_stream is True
+    assert cfg.model.frame_diff is True  # from the preset
+    with pytest.raises(ConfigError) as err:
+        load_run_config("smoke", ["model.frame_diff=false", "model.video_rgb=false"])
+    assert "video_rgb=false needs frame_diff=true" in str(err.value)
