@@ -151,11 +151,23 @@ class AVModel(nn.Module):
         heads = self.heads
         if "proj_vv" in heads:
             out["emb_vv"] = _pair(heads["proj_vv"](fv[:, self.vv_columns]), b)
+        fv = self._motion_without_grad(fv)  # the other heads do not train the motion stream
         if "proj_va_video" in heads and fa is not None:
             out["emb_va_video"] = _pair(heads["proj_va_video"](fv), b)
             out["emb_va_audio"] = _pair(heads["proj_va_audio"](fa), b)
         out.update(self._temporal(fv, fa, b))
         return out
+
+    def _motion_without_grad(self, fv: Tensor) -> Tensor:
+        """fv [2B, Fv] with the motion stream's columns (if any) detached: only vv trains them.
+        Without a vv term nothing is detached, so the stream still learns (and DDP sees no unused
+        parameters)."""
+        cols = self.vv_columns
+        if cols == slice(None) or "proj_vv" not in self.heads:
+            return fv
+        keep = torch.ones(fv.shape[1], dtype=torch.bool, device=fv.device)
+        keep[cols] = False
+        return torch.where(keep, fv, fv.detach())
 
     def _temporal(self, fv: Tensor, fa: Tensor | None, b: int) -> dict[str, Tensor]:
         """Logits of the temporal heads from the pooled features fv [2B, Fv], fa [2B, Fa]."""

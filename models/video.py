@@ -157,7 +157,8 @@ class TwoStreamVideoEncoder(nn.Module):
     each an encoder of `cfg.video_arch`; their pooled features are concatenated, appearance first.
 
     `motion_slice` picks the motion stream's columns: the video-video contrastive term reads only
-    those (models/av.py), so matching two clips of one video cannot rest on its still background.
+    those, and alone trains them (models/av.py), so matching two clips of one video cannot rest on
+    its still background.
     """
 
     def __init__(self, appearance: nn.Module, motion: nn.Module) -> None:

@@ -130,6 +130,20 @@ def test_motion_stream_is_blind_to_stills_and_alone_feeds_the_vv_term() -> None:
     assert all(not _has_grad(g) for n, g in grads.items() if n.startswith("video.appearance."))
     assert any(_has_grad(g) for n, g in grads.items() if n.startswith("video.motion."))
 
+    # Every other head reads the motion columns without training them ...
+    model.zero_grad()
+    out = forward(model, batch)
+    sum(v.square().sum() for k, v in out.items() if k.startswith(("logits_", "emb_va"))).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert not any(_has_grad(g) for n, g in grads.items() if n.startswith("video.motion."))
+    assert any(_has_grad(g) for n, g in grads.items() if n.startswith("video.appearance."))
+    # ... unless there is no vv term, which would leave the stream untrained.
+    no_vv = AVModel(cfg, NUM_SPEEDS, loss_cfg=loss_cfg(w_vv=0.0)).train()
+    forward(no_vv, batch)["logits_video_order"].square().sum().backward()
+    assert any(
+        _has_grad(p.grad) for n, p in no_vv.named_parameters() if n.startswith("video.motion.")
+    )
+
 
 @pytest.mark.unit
 def test_log_mel_front_end_shape_and_silence() -> None:
