@@ -151,7 +151,7 @@ class AVModel(nn.Module):
         heads = self.heads
         if "proj_vv" in heads:
             out["emb_vv"] = _pair(heads["proj_vv"](fv[:, self.vv_columns]), b)
-        fv = self._motion_without_grad(fv)  # the other heads do not train the motion stream
+        fv = self._motion_without_grad(fv)  # the other heads train the motion stream less, or not
         if "proj_va_video" in heads and fa is not None:
             out["emb_va_video"] = _pair(heads["proj_va_video"](fv), b)
             out["emb_va_audio"] = _pair(heads["proj_va_audio"](fa), b)
@@ -159,15 +159,17 @@ class AVModel(nn.Module):
         return out
 
     def _motion_without_grad(self, fv: Tensor) -> Tensor:
-        """fv [2B, Fv] with the motion stream's columns (if any) detached: only vv trains them.
-        Without a vv term nothing is detached, so the stream still learns (and DDP sees no unused
-        parameters)."""
+        """fv [2B, Fv] with the motion stream's columns (if any) passing only `cfg.motion_grad` of
+        their gradient back (0: detached, so vv alone trains them). Without a vv term nothing is
+        scaled, so the stream still learns (and DDP sees no unused parameters)."""
         cols = self.vv_columns
-        if cols == slice(None) or "proj_vv" not in self.heads:
+        if cols == slice(None) or "proj_vv" not in self.heads or self.cfg.motion_grad >= 1.0:
             return fv
         keep = torch.ones(fv.shape[1], dtype=torch.bool, device=fv.device)
         keep[cols] = False
-        return torch.where(keep, fv, fv.detach())
+        held = fv.detach()
+        scaled = held + self.cfg.motion_grad * (fv - held) if self.cfg.motion_grad > 0 else held
+        return torch.where(keep, fv, scaled)
 
     def _temporal(self, fv: Tensor, fa: Tensor | None, b: int) -> dict[str, Tensor]:
         """Logits of the temporal heads from the pooled features fv [2B, Fv], fa [2B, Fa]."""

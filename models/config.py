@@ -16,6 +16,7 @@ class ModelConfig:
     frame_diff: bool = False  # feed x[t+1]-x[t] as extra channels (helps direction on tiny nets)
     video_rgb: bool = True  # False (with frame_diff): the video encoder sees only the differences
     motion_stream: bool = False  # add a second video encoder on frame differences only (for vv)
+    motion_grad: float = 0.0  # share of the other heads' gradients that reaches the motion stream
     embed_dim: int = 128  # contrastive embedding size
     proj_hidden: int = 512  # projection MLP hidden size
     head_hidden: int = 256  # temporal head MLP hidden size
@@ -29,6 +30,8 @@ class ModelConfig:
             raise ValueError("embed_dim, proj_hidden and head_hidden must be positive")
         if self.n_mels < 8 or self.hop_ms <= 0 or self.win_ms < self.hop_ms:
             raise ValueError("need n_mels >= 8 and win_ms >= hop_ms > 0")
+        if not 0.0 <= self.motion_grad <= 1.0:
+            raise ValueError(f"motion_grad must be in [0, 1], got {self.motion_grad}")
         if not (self.video_rgb or self.frame_diff):
             raise ValueError(
                 "video_rgb=false needs frame_diff=true: the encoder must see something"

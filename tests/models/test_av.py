@@ -146,6 +146,36 @@ def test_motion_stream_is_blind_to_stills_and_alone_feeds_the_vv_term() -> None:
 
 
 @pytest.mark.unit
+def test_motion_grad_scales_what_the_other_heads_send_to_the_motion_stream() -> None:
+    batch = make_batch(B, seed=5)
+
+    def grads(share: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        cfg = ModelConfig(
+            video_arch="tiny", audio_arch="tiny", tiny_width=8, motion_stream=True,
+            motion_grad=share,
+        )  # fmt: skip
+        model = AVModel(cfg, NUM_SPEEDS).train()
+        out = forward(model, batch)
+        sum(
+            v.square().sum() for k, v in out.items() if k.startswith(("logits_", "emb_va"))
+        ).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, quarter = grads(1.0), grads(0.25)
+    motion = [n for n in full if n.startswith("video.motion.")]
+    appearance = [n for n in full if n.startswith("video.appearance.")]
+    assert motion and appearance
+    for n in motion:  # the motion stream gets a quarter of the heads' gradient ...
+        torch.testing.assert_close(quarter[n], 0.25 * full[n], rtol=1e-4, atol=1e-7)
+    assert max(full[n].abs().max().item() for n in motion) > 1e-6
+    for n in appearance:  # ... and the appearance stream all of it
+        torch.testing.assert_close(quarter[n], full[n], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="motion_grad"):
+        ModelConfig(motion_grad=1.5)
+
+
+@pytest.mark.unit
 def test_log_mel_front_end_shape_and_silence() -> None:
     front = LogMel(16000, 16, 25.0, 10.0)
     spec = front(torch.cat([torch.zeros(1, 2560), 0.3 * torch.randn(1, 2560)]))
