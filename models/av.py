@@ -151,14 +151,14 @@ class AVModel(nn.Module):
         heads = self.heads
         if "proj_vv" in heads:
             out["emb_vv"] = _pair(heads["proj_vv"](fv[:, self.vv_columns]), b)
-        fv = self._motion_without_grad(fv)  # the other heads train the motion stream less, or not
+        fv = self._scale_motion_grad(fv)  # the other heads train the motion stream less, or not
         if "proj_va_video" in heads and fa is not None:
             out["emb_va_video"] = _pair(heads["proj_va_video"](fv), b)
             out["emb_va_audio"] = _pair(heads["proj_va_audio"](fa), b)
         out.update(self._temporal(fv, fa, b))
         return out
 
-    def _motion_without_grad(self, fv: Tensor) -> Tensor:
+    def _scale_motion_grad(self, fv: Tensor) -> Tensor:
         """fv [2B, Fv] with the motion stream's columns (if any) passing only `cfg.motion_grad` of
         their gradient back (0: detached, so vv alone trains them). Without a vv term nothing is
         scaled, so the stream still learns (and DDP sees no unused parameters)."""
