@@ -18,7 +18,7 @@
 Everything is cached in the workdir (corpora, shards, checkpoints, per-run results), so a
 rerun after an interruption continues where it stopped. Expensive: on 2 CPU cores each 500-step
 demo run takes 4 minutes alone and up to 13 minutes beside other jobs; the whole bench took 80
-minutes (README, "Ablation on the synthetic corpus").
+minutes (bench/results/2026-11-27-ablation.md).
 """
 
 from __future__ import annotations
@@ -98,13 +98,13 @@ def evaluate(
     args: argparse.Namespace, work: Path, checkpoint: str, seed: int, fingerprint: bool
 ) -> dict[str, Any]:
     """Linear probe + retrieval (one extraction), optionally fingerprint; logged to MLflow."""
-    from pipelines.adapters import list_dataset
-    from pipelines.config import IngestConfig
-    from training.eval.clips import ClipConfig
-    from training.eval.fingerprint import FingerprintConfig, run_fingerprint
-    from training.eval.mlflow_log import log_eval, metric_prefix
-    from training.eval.model_io import load_model
-    from training.eval.protocols import (
+    from avtime.pipelines.config import IngestConfig
+    from avtime.pipelines.datasets.adapters import list_dataset
+    from avtime.training.eval.clips import ClipConfig
+    from avtime.training.eval.fingerprint import FingerprintConfig, run_fingerprint
+    from avtime.training.eval.mlflow_log import log_eval, metric_prefix
+    from avtime.training.eval.model_io import load_model
+    from avtime.training.eval.protocols import (
         EvalContext,
         run_action_linear,
         run_audio,

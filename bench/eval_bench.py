@@ -24,8 +24,8 @@ def _serial(shards: str, loaded, clip) -> tuple[int, float, object]:  # type: ig
     import pyarrow.parquet as pq
     import torch
 
-    from pipelines.stream import shard_paths
-    from training.eval.features import SHARD_COLUMNS, sample_clips
+    from avtime.pipelines.pretext.stream import shard_paths
+    from avtime.training.eval.features import SHARD_COLUMNS, sample_clips
 
     t0 = time.perf_counter()
     feats = []
@@ -47,12 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
     import torch
 
-    from pipelines.adapters import list_dataset
-    from training.eval.cache import ensure_shards
-    from training.eval.clips import ClipConfig
-    from training.eval.fabricate import make_folder
-    from training.eval.features import extract_shard_features
-    from training.eval.model_io import load_model
+    from avtime.pipelines.datasets.adapters import list_dataset
+    from avtime.training.eval.cache import ensure_shards
+    from avtime.training.eval.clips import ClipConfig
+    from avtime.training.eval.fabricate import make_folder
+    from avtime.training.eval.features import extract_shard_features
+    from avtime.training.eval.model_io import load_model
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

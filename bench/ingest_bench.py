@@ -51,7 +51,7 @@ def cores() -> int:
 
 def make_corpus(work: Path, videos: int, seconds: float, size: tuple[int, int], fps: int) -> Path:
     """Base clip (cached) hard-linked into corpus_<videos>/; returns that folder."""
-    from pipelines.synth import SynthConfig, generate_corpus
+    from avtime.pipelines.synth.corpus import SynthConfig, generate_corpus
 
     base_dir = work / f"base_{size[0]}x{size[1]}_{fps}_{seconds:g}"
     clips = sorted(base_dir.glob("videos/**/*.mp4"))
@@ -170,8 +170,8 @@ import json, os, shutil, sys, time
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray
 from bench.ingest_bench import tree_cpu
-from pipelines.config import IngestConfig
-from pipelines.ingest import run_ingest
+from avtime.pipelines.config import IngestConfig
+from avtime.pipelines.ingest.job import run_ingest
 src, work, counts, repeat = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 ray.init(num_cpus=max(counts), include_dashboard=False, log_to_driver=False)
 warm = os.path.join(work, "warm_src")

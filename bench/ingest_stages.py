@@ -51,8 +51,8 @@ def _run_once(path: Path, per_frame: Callable[[Any, Any], None] | None, setup: A
 
 
 def _whole(path: Path) -> float:
-    from pipelines.config import IngestConfig
-    from pipelines.decode import SegmentDecoder
+    from avtime.pipelines.config import IngestConfig
+    from avtime.pipelines.ingest.decode import SegmentDecoder
 
     t0 = time.process_time()
     dec = SegmentDecoder(str(path), IngestConfig(), threads=1)
@@ -90,7 +90,7 @@ def ffmpeg_cost(path: Path, fps: int, short: int) -> float | None:
 
 def stage_costs(path: Path, fps: int, short: int) -> dict[str, float]:
     """Print and return frames per CPU second of each stage."""
-    from pipelines.decode import output_size
+    from avtime.pipelines.ingest.decode import output_size
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]

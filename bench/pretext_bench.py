@@ -38,15 +38,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from avtime.pipelines.config import DataConfig
 from bench.ingest_bench import cores
-from pipelines.config import DataConfig
 
 
 def make_shards(work: Path, videos: int, seconds: float, size: tuple[int, int], fps: int) -> Path:
     """Synthetic corpus and its shards, cached under `work`."""
-    from pipelines.config import IngestConfig
-    from pipelines.ingest import run_ingest
-    from pipelines.synth import SynthConfig, generate_corpus
+    from avtime.pipelines.config import IngestConfig
+    from avtime.pipelines.ingest.job import run_ingest
+    from avtime.pipelines.synth.corpus import SynthConfig, generate_corpus
 
     tag = f"{videos}x{seconds:g}s_{size[0]}x{size[1]}_{fps}"
     src, dst = work / f"src_{tag}", work / f"shards_{tag}"
@@ -64,7 +64,7 @@ def make_shards(work: Path, videos: int, seconds: float, size: tuple[int, int], 
 def load_rows(shards: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    from pipelines.stream import COLUMNS
+    from avtime.pipelines.pretext.stream import COLUMNS
 
     rows: list[dict[str, Any]] = []
     for p in sorted(shards.glob("part-*.parquet")):
@@ -75,8 +75,8 @@ def load_rows(shards: Path) -> list[dict[str, Any]]:
 def run_ours(jobs: list[tuple[dict[str, Any], int]], cfg: DataConfig) -> tuple[list[Any], float]:
     """Examples of (row, repeat) jobs with the stream's sampler and generators; returns
     ([(row, repeat, example)] for the rows not skipped, CPU seconds)."""
-    from pipelines.render import make_example
-    from pipelines.stream import example_rng
+    from avtime.pipelines.pretext.clips import make_example
+    from avtime.pipelines.pretext.stream import example_rng
 
     out: list[Any] = []
     cpu0 = time.process_time()
@@ -195,7 +195,7 @@ def run_stream(
     Ray Data stream over `epochs` epochs, on a local Ray warmed up by one untimed epoch."""
     import ray
 
-    from pipelines.stream import build_pretext_dataset
+    from avtime.pipelines.pretext.stream import build_pretext_dataset
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--examples-per-row", type=int, default=1)
     p.add_argument("--epochs", type=int, default=10, help="epochs the stream runs (timed)")
     args = p.parse_args(list(argv) if argv is not None else None)
-    from training.config import load_run_config
+    from avtime.training.config import load_run_config
 
     cfg = load_run_config(args.config).data
     w, h = (int(v) for v in args.size.split("x"))

@@ -25,7 +25,7 @@ def _cpu_s() -> float:
 
 def _run(videos: int, seconds: float, workers: int, seed: int) -> tuple[float, float, float]:
     """(wall s, cpu s, seconds of video) for one corpus in a fresh temp folder."""
-    from pipelines.synth import SynthConfig, generate_corpus
+    from avtime.pipelines.synth.corpus import SynthConfig, generate_corpus
 
     out = tempfile.mkdtemp(prefix="avtime-synth-bench-")
     try:

@@ -4,15 +4,15 @@
         [--steps 150] [--warmup 20] [--videos 16] [--seconds 12] [--rounds 1]
 
 Both sides train the same model (`--config`'s, 1 worker) with the same batch, optimiser step
-(`training.loop.train_step`) and sampler (`pipelines.stream`: the stream's `make_example` over
+(`training.engine.loop.train_step`) and sampler (`pipelines.pretext.stream`: the stream's `make_example` over
 the same shards), on the same CPU budget of C = all usable cores:
-- Ray: `avtime train` (`training.trainer.train`): a local Ray with C logical CPUs, one Train
+- Ray: `avtime train` (`training.engine.trainer.train`): a local Ray with C logical CPUs, one Train
   worker holding `train.cpus_per_worker` CPUs (its torch threads), Ray Data the rest.
-- plain: `torch.utils.data.DataLoader(pipelines.stream.torch_iterable(...), batch_size=None,
+- plain: `torch.utils.data.DataLoader(epochs_iterable(...), batch_size=None,
   num_workers=C - cpus_per_worker)` and a loop in this process with the same torch threads.
 Both sides' samplers run at niceness `data.stream.nice` (19 by default); both training loops
 run at 0 (the plain loop at the shell's, usually 0; the Train worker at the local Ray's
-`worker_niceness`, which `training.trainer.ensure_local_ray` sets to 0 from Ray's default 15).
+`worker_niceness`, which `training.engine.trainer.ensure_local_ray` sets to 0 from Ray's default 15).
 Reported: steady-state examples/s after `--warmup` steps (ratio Ray / plain; target >= 0.9x),
 the fraction of step time spent waiting for data on each side, and for Ray the time from
 `fit()` to the end of the first step (and for plain, from the loop's start). The load average is
@@ -35,7 +35,7 @@ from bench.pretext_bench import cores, make_shards
 
 
 def _config(name: str, steps: int, warmup: int, cpus: int) -> Any:
-    from training.config import load_run_config
+    from avtime.training.config import load_run_config
 
     cfg = load_run_config(name)
     cpw = min(cfg.train.cpus_per_worker, max(0.5, cpus - 1.0))
@@ -50,7 +50,7 @@ def run_ray(cfg: Any, shards: str, work: Path, warmup: int) -> dict[str, float]:
     """Train with `avtime train`; steady-state figures from the run's MLflow metrics."""
     from mlflow import MlflowClient
 
-    from training.trainer import TrainRequest, train
+    from avtime.training.engine.trainer import TrainRequest, train
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     name = f"bench-{int(time.time())}"
@@ -78,7 +78,7 @@ def epochs_iterable(shards: str, data_cfg: Any) -> Any:
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
 
-    from pipelines.stream import iter_pretext_batches, shards_sample_rate
+    from avtime.pipelines.pretext.stream import iter_pretext_batches, shards_sample_rate
 
     sr = shards_sample_rate(shards)
 
@@ -100,12 +100,12 @@ def run_plain(cfg: Any, shards: str, loaders: int, warmup: int) -> dict[str, flo
     import torch
     from torch.utils.data import DataLoader
 
-    from training.loop import Window, build_state, train_step
+    from avtime.training.engine.loop import Window, build_state, train_step
 
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     st = build_state(cfg, torch.device("cpu"))
     t_start = time.perf_counter()
-    from pipelines.stream import lower_priority
+    from avtime.pipelines.pretext.stream import lower_priority
 
     nice = cfg.data.stream.nice  # the same priority as the Ray side's sampling tasks
     loader = DataLoader(
@@ -135,7 +135,7 @@ def one_round(cfg: Any, shards: str, work: Path, cpus: int, loaders: int, warmup
     """Ray side (a local Ray of `cpus` CPUs) then plain side; print both, return the ratio."""
     import ray
 
-    from training.trainer import ensure_local_ray
+    from avtime.training.engine.trainer import ensure_local_ray
 
     if ray.is_initialized():  # make_shards' preprocess left its own Ray up on a first run
         ray.shutdown()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-from models.config import ModelConfig
+from avtime.models.config import ModelConfig
 
 
 class LogMel(nn.Module):

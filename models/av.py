@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.audio import AudioEncoder
-from models.config import LossConfig, ModelConfig
-from models.heads import MLP, ClipHead, PairHead
-from models.video import build_video_encoder
+from avtime.models.audio import AudioEncoder
+from avtime.models.config import LossConfig, ModelConfig
+from avtime.models.heads import MLP, ClipHead, PairHead
+from avtime.models.video import build_video_encoder
 
 
 @dataclass(frozen=True, kw_only=True)

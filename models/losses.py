@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.config import LossConfig
-from models.distributed import gather_no_grad, gather_with_grad, global_sum, rank, world_size
-from models.queue import FeatureQueue
+from avtime.models.config import LossConfig
+from avtime.models.distributed import gather_no_grad, gather_with_grad, global_sum, rank, world_size
+from avtime.models.queue import FeatureQueue
 
 MASKED_LOGIT = -1e9  # finite stand-in for -inf, so fully masked rows stay NaN-free
 

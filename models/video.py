@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.models.video import r2plus1d_18
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D
 
-from models.config import ModelConfig
+from avtime.models.config import ModelConfig
 
 # Kinetics-400 statistics used by torchvision's video models.
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)

@@ -10,15 +10,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 SPEEDS_ALLOWED = (1, 2, 4, 8)
+# The stored audio rate when nothing else says: ingest's default, and the rate an audio-less row
+# (which stores sample_rate 0) is planned at. A model reads its rate from its own config
+# (`model.sample_rate`); `avtime train` refuses shards whose rate differs from it.
+DEFAULT_SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
-    """How raw videos become Arrow segment rows (see README, "Data contract")."""
+    """How raw videos become Arrow segment rows (see docs/CONTRACTS.md)."""
 
     fps: float = 25.0  # stored frame rate; every source is resampled to it
     short_side: int = 128  # stored frames are resized so their short side is this
-    sample_rate: int = 16000  # stored audio: mono, this rate
+    sample_rate: int = DEFAULT_SAMPLE_RATE  # stored audio: mono, this rate
     segment_seconds: float = 10.0  # long sources are cut into segments of at most this
     frame_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = 90
@@ -41,7 +45,7 @@ class IngestConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PretextConfig:
-    """Clip sampling and temporal labels (README, "The method")."""
+    """Clip sampling and temporal labels (docs/method.md)."""
 
     clip_frames: int = 16  # T, frames per video clip
     speeds: tuple[int, ...] = (1, 2, 4, 8)  # allowed speed factors; class i <-> speeds[i]

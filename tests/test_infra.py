@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from training.submit import check_avtime_args
+from avtime.training.cluster.submit import check_avtime_args
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

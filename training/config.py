@@ -1,7 +1,7 @@
 """The run config: data, model, loss, optimiser and trainer configs composed, plus named presets.
 
 Presets are plain functions built with `dataclasses.replace`; YAML files and `--set a.b=c`
-overrides go through `training.configlib`, which names the bad key and the valid choices.
+overrides go through `pipelines.configlib`, which names the bad key and the valid choices.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from models.config import LossConfig, ModelConfig
-from pipelines.config import AugmentConfig, DataConfig, PretextConfig, StreamConfig
-from training.configlib import ConfigError, apply_overrides, load_yaml
+from avtime.models.config import LossConfig, ModelConfig
+from avtime.pipelines.config import AugmentConfig, DataConfig, PretextConfig, StreamConfig
+from avtime.pipelines.configlib import ConfigError, apply_overrides, load_yaml
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from models.config import LossConfig, ModelConfig
+from avtime.models.config import LossConfig, ModelConfig
 
 NUM_SPEEDS = 4
 SAMPLE_RATE = 16000

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.audio import AudioEncoder, LogMel
-from models.av import AVModel
-from models.config import ModelConfig
-from models.losses import total_loss
-from models.queue import FeatureQueue
-from models.video import TinyVideoEncoder, VideoInput, build_video_encoder
+from avtime.models.audio import AudioEncoder, LogMel
+from avtime.models.av import AVModel
+from avtime.models.config import ModelConfig
+from avtime.models.losses import total_loss
+from avtime.models.queue import FeatureQueue
+from avtime.models.video import TinyVideoEncoder, VideoInput, build_video_encoder
 from tests.models.helpers import NUM_SPEEDS, forward, loss_cfg, make_batch, tiny_model_cfg
 
 B = 4

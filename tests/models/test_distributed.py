@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models.av import AVModel
-from models.losses import total_loss
-from models.queue import FeatureQueue
+from avtime.models.av import AVModel
+from avtime.models.losses import total_loss
+from avtime.models.queue import FeatureQueue
 from tests.models.helpers import (
     NUM_SPEEDS,
     forward,

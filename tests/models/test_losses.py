@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.config import LossConfig
-from models.losses import (
+from avtime.models.config import LossConfig
+from avtime.models.losses import (
     cross_entropy_rows,
     info_nce,
     knn_positive_mask,
@@ -19,7 +19,7 @@ from models.losses import (
     symmetric_nce,
     total_loss,
 )
-from models.queue import FeatureQueue
+from avtime.models.queue import FeatureQueue
 
 TAU = 0.2
 

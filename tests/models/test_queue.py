@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.queue import QUEUE_BANKS, FeatureQueue
+from avtime.models.queue import QUEUE_BANKS, FeatureQueue
 
 
 def _rows(start: int, n: int, dim: int = 3) -> torch.Tensor:

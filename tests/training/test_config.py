@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import PRESETS, RunConfig, load_run_config
-from training.configlib import (
+from avtime.pipelines.configlib import (
     ConfigError,
     apply_override,
     dump_yaml,
@@ -17,6 +16,7 @@ from training.configlib import (
     load_yaml,
     to_dict,
 )
+from avtime.training.config import PRESETS, RunConfig, load_run_config
 
 
 @pytest.mark.unit

@@ -9,5 +9,5 @@ Modules (see docs/eval.md):
 - `protocols` (action linear, retrieval, audio), `finetune`, `fingerprint`: the protocols;
 - `mlflow_log`: the eval run, linked to the pretraining run; `audio_io`: wav decoding;
 - `fabricate`: tiny datasets in each official layout, for tests and demos.
-Dataset adapters and distortions live in `pipelines.adapters` and `pipelines.distortions`.
+Dataset adapters and distortions live in `pipelines.datasets.adapters` and `pipelines.datasets.distortions`.
 """

@@ -7,7 +7,7 @@ import io
 import av
 import numpy as np
 
-from pipelines import storage
+from avtime.pipelines import storage
 
 
 def read_audio(uri: str, sample_rate: int) -> np.ndarray:

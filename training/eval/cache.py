@@ -1,7 +1,7 @@
 """Decode evaluation datasets once, through the ingest job, into cached segment shards.
 
 The raw videos of a dataset go through the same decoder as training data (`avtime preprocess`,
-`pipelines.ingest.run_ingest`), from a CSV listing (uri, label) of the adapter's items. The
+`pipelines.ingest.job.run_ingest`), from a CSV listing (uri, label) of the adapter's items. The
 shards land in `<cache>/<name>-<key>/shards`, where the key hashes the listed sources and the
 ingest settings, so every split and protocol of one dataset shares one decode, and a killed
 decode resumes. The cache is `--cache-dir`, else `AVTIME_EVAL_CACHE`, else `./eval_cache`.
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipelines import storage
-from pipelines.config import IngestConfig
-from pipelines.schema import MANIFEST_NAME, parse_manifest
+from avtime.pipelines import storage
+from avtime.pipelines.config import IngestConfig
+from avtime.pipelines.schema import MANIFEST_NAME, parse_manifest
 
 
 class _Item(Protocol):
@@ -55,7 +55,7 @@ def cache_key(items: Sequence[_Item], cfg: IngestConfig) -> str:
     Splits are left out: they are joined back from the listing, so the official splits of one
     dataset share one decode.
     """
-    from training.configlib import to_dict
+    from avtime.pipelines.configlib import to_dict
 
     rows = sorted((it.source, it.label) for it in items)
     blob = json.dumps({"rows": rows, "ingest": to_dict(cfg)}, sort_keys=True)
@@ -88,7 +88,7 @@ def ensure_shards(
     shards = storage.join(folder, "shards")
     manifest = storage.join(shards, MANIFEST_NAME)
     if not storage.exists(manifest):
-        from pipelines.ingest import run_ingest
+        from avtime.pipelines.ingest.job import run_ingest
 
         listing = storage.join(folder, "listing.csv")
         storage.makedirs(folder)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.avwrite import write_av
+from avtime.pipelines.synth.avwrite import write_av
 
 CLASSES = ("Archery", "Biking", "Diving")
 

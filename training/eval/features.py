@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from training.eval.clips import ClipConfig, audio_window, segment_clips
+from avtime.training.eval.clips import ClipConfig, audio_window, segment_clips
 
 SHARD_COLUMNS = [
-    "video_id", "source", "segment", "fps", "num_frames", "frames", "sample_rate",
+    "video_id", "source", "segment", "fps", "num_frames", "width", "height", "frames", "sample_rate",
     "num_samples", "audio",
 ]  # fmt: skip
 PASS_KEYS = ("video_id", "source", "segment", "clip")
@@ -100,8 +100,8 @@ class Encoder:
     """
 
     def __init__(self, model_cfg: Any, state: bytes, modalities: tuple[str, ...], device: str):
-        from models.audio import AudioEncoder
-        from models.video import build_video_encoder
+        from avtime.models.audio import AudioEncoder
+        from avtime.models.video import build_video_encoder
 
         torch.set_num_threads(1)
         sd = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
@@ -179,7 +179,7 @@ def collect(ds: Any, modalities: tuple[str, ...], expected: int | None = None) -
 
     With `expected` (a number of files), a progress bar counts the files whose clips arrived.
     """
-    from pipelines.progress import ProgressBar
+    from avtime.pipelines.progress import ProgressBar
 
     bar = ProgressBar(expected, label="eval features", unit="files") if expected else None
     seen: set[str] = set()
@@ -212,8 +212,8 @@ def shard_clip_dataset(
     """A Ray Dataset of evaluation clips from the segment shards (sources in `keep` only)."""
     import ray.data
 
-    from pipelines import storage
-    from pipelines.stream import shard_paths
+    from avtime.pipelines import storage
+    from avtime.pipelines.pretext.stream import shard_paths
 
     ray.data.DataContext.get_current().use_datasource_v2 = False
     paths = shard_paths(shards_uri)
@@ -247,7 +247,7 @@ def extract_shard_features(
 
 def audio_file_clips(batch: dict[str, np.ndarray], *, cfg: ClipConfig) -> dict[str, np.ndarray]:
     """map_batches task: audio file URIs -> evenly spaced clips of L samples per file."""
-    from training.eval.audio_io import read_audio
+    from avtime.training.eval.audio_io import read_audio
 
     out: dict[str, list[Any]] = {k: [] for k in (*PASS_KEYS, "audio", "has_audio")}
     for uri in batch["source"]:

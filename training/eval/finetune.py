@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.eval.features import encode_dataset, shard_clip_dataset
-from training.eval.linear import video_accuracy
-from training.eval.protocols import EvalContext, select, train_test
+from avtime.training.eval.features import encode_dataset, shard_clip_dataset
+from avtime.training.eval.linear import video_accuracy
+from avtime.training.eval.protocols import EvalContext, select, train_test
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 1. The gallery is the listing's test split (all items when it has none), in source order, capped
    at `max_videos`.
-2. Every gallery file gets one distorted copy per distortion (`pipelines.distortions`), written
+2. Every gallery file gets one distorted copy per distortion (`pipelines.datasets.distortions`), written
    by Ray Data tasks into the eval cache (kept, so reruns skip them).
 3. Gallery and queries are decoded through the ingest job into cached shards, and embedded as
    the concatenation of the L2-normalised clip-averaged video feature and audio feature.
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import storage
-from pipelines.adapters import EvalItem, Listing
-from pipelines.distortions import Distortion, distortion_set
-from training.eval.cache import ensure_shards
-from training.eval.features import ClipFeatures, extract_shard_features
-from training.eval.linear import average_by_group
-from training.eval.protocols import EvalContext
+from avtime.pipelines import storage
+from avtime.pipelines.datasets.adapters import EvalItem, Listing
+from avtime.pipelines.datasets.distortions import Distortion, distortion_set
+from avtime.training.eval.cache import ensure_shards
+from avtime.training.eval.features import ClipFeatures, extract_shard_features
+from avtime.training.eval.linear import average_by_group
+from avtime.training.eval.protocols import EvalContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +51,7 @@ def _distort_batch(batch: dict[str, np.ndarray], *, seed: int) -> dict[str, np.n
     import tempfile
     from pathlib import Path
 
-    from pipelines.distortions import apply_distortion
+    from avtime.pipelines.datasets.distortions import apply_distortion
 
     ok = []
     for src, dst, kind, amount, strength in zip(

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from training import tracking
+from avtime.training.engine import tracking
 
 PARENT_TAG = "avtime.parent_run_id"
 KIND_TAG = "avtime.kind"

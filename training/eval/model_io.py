@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import yaml
 
-from models.av import AVModel
-from training import checkpoint as ckpt
-from training.config import RunConfig, load_run_config
-from training.configlib import ConfigError, from_dict
+from avtime.models.av import AVModel
+from avtime.pipelines.configlib import ConfigError, from_dict
+from avtime.training.config import RunConfig, load_run_config
+from avtime.training.engine import checkpoint as ckpt
 
 RANDOM = "random"
 

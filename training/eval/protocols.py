@@ -12,24 +12,24 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipelines.adapters import Listing
-from pipelines.config import IngestConfig
-from training.eval.cache import CachedShards, ensure_shards
-from training.eval.clips import ClipConfig
-from training.eval.features import (
+from avtime.pipelines.config import IngestConfig
+from avtime.pipelines.datasets.adapters import Listing
+from avtime.training.eval.cache import CachedShards, ensure_shards
+from avtime.training.eval.clips import ClipConfig
+from avtime.training.eval.features import (
     ClipFeatures,
     ExtractConfig,
     extract_audio_file_features,
     extract_shard_features,
 )
-from training.eval.linear import (
+from avtime.training.eval.linear import (
     LinearProbeConfig,
     average_by_group,
     fit_probe,
     video_accuracy,
 )
-from training.eval.metrics import recall_at_k
-from training.eval.model_io import LoadedModel
+from avtime.training.eval.metrics import recall_at_k
+from avtime.training.eval.model_io import LoadedModel
 
 RETRIEVAL_KS = (1, 5, 10, 20)
 

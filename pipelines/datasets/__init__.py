@@ -1,0 +1,1 @@
+"""Evaluation datasets in their official layouts, and the fingerprint distortions."""

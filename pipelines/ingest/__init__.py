@@ -1,0 +1,1 @@
+"""Ingest: `avtime preprocess` turns videos into Arrow segment shards (Ray Data + PyAV)."""

@@ -1,0 +1,1 @@
+"""Pretext sampling: temporal labels, augmentation, clip cutting and the training stream."""

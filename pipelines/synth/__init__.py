@@ -1,0 +1,1 @@
+"""The synthetic audio-visual corpus (`avtime synth`): scenes, physics, rendering, mp4 output."""

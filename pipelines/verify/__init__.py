@@ -1,0 +1,1 @@
+"""`avtime verify`: prove preprocessed shards are intact, aligned and counted."""

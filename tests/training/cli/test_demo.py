@@ -1,0 +1,66 @@
+"""`avtime demo` end to end, shrunk: synth -> preprocess -> verify -> train -> eval pretext."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from avtime.training.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
+    tmp_path: Path,
+    ray_local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work = tmp_path / "demo"
+    argv = ["demo", "--workdir", str(work), "--videos", "4", "--heldout-videos", "2"]
+    argv += ["--seconds", "3", "--set", "train.steps=3", "--set", "train.checkpoint_every=3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+
+    for sub in ("corpus/train", "corpus/heldout", "shards/train", "shards/heldout"):
+        assert any((work / sub).iterdir()), sub
+    assert (work / "mlflow.db").is_file() and (work / "demo_result.json").is_file()
+    assert Path(summary["checkpoint"]).is_relative_to(work / "checkpoints")
+    assert summary["tracking_uri"] == f"sqlite:///{work / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri sqlite:///{work / 'mlflow.db'}" in out
+    assert summary["metrics"]["step"] == 3
+
+    heads = summary["heldout"]["heads"]
+    assert {"speed_video", "direction_audio", "order_video", "order_av"} <= set(heads)
+    for h in heads.values():
+        assert 0.0 <= h["accuracy"] <= 1.0 and 0.0 < h["chance"] <= 1.0
+    assert set(summary["learning_bar"]["heads"]) == set(heads)
+    assert isinstance(summary["learning_bar"]["passed"], bool)
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["heldout_acc_speed_video"] == pytest.approx(
+        heads["speed_video"]["accuracy"]
+    )
+
+    # The contact sheet of what the model sees, and shards that carry the corpus labels.
+    from PIL import Image
+
+    with Image.open(work / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 200 and sheet.height > 100
+    assert f"contact sheet of what the model sees: {work / 'contact_sheet.png'}" in out
+    import pyarrow.dataset as pads
+
+    parts = sorted(str(p) for p in (work / "shards/train").glob("part-*.parquet"))
+    table = pads.dataset(parts, format="parquet").to_table(columns=["label", "split"])
+    with (work / "corpus/train/labels.csv").open(newline="") as f:
+        classes = {row["label"] for row in csv.DictReader(f)}
+    assert table.num_rows > 0 and set(table.column("label").to_pylist()) <= classes
+    assert None not in table.column("label").to_pylist()
+    assert set(table.column("split").to_pylist()) == {"train"}

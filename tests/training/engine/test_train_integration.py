@@ -1,0 +1,259 @@
+"""`avtime train` on real Ray (2 Train workers on CPU), real MLflow (sqlite and `mlflow server`
+over HTTP) and real S3 (SeaweedFS), on shards preprocessed from real synthetic mp4s.
+
+The fault-tolerance test kills one training worker process from the test (SIGKILL, found among
+the children of this Ray's raylet) once the first checkpoint exists; Ray Train restarts the
+worker group from that checkpoint and the run finishes in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from avtime.pipelines.configlib import apply_overrides
+from avtime.training.cli.main import main
+from avtime.training.config import RunConfig, smoke
+from avtime.training.engine import checkpoint
+from avtime.training.engine.trainer import (
+    TrainOutcome,
+    TrainRequest,
+    check_sample_rate,
+    train,
+)
+from tests.servers import S3_KEY, S3_SECRET, MlflowServer, S3Server
+
+pytestmark = pytest.mark.integration
+
+STEP_METRICS = (
+    "loss", "loss_vv", "loss_va", "loss_speed_video", "loss_speed_audio",
+    "loss_direction_video", "loss_direction_audio", "loss_order_video", "loss_order_audio",
+    "loss_order_av", "acc_speed_video", "acc_speed_audio", "acc_direction_video",
+    "acc_direction_audio", "acc_order_video", "acc_order_audio", "acc_order_av", "lr",
+    "examples_per_s", "data_wait_fraction",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Iterator[str]:
+    """Six 3-second synthetic videos, preprocessed to 32-pixel shards."""
+    root = tmp_path_factory.mktemp("train-data")
+    argv = ["synth", str(root / "corpus"), "--videos", "6", "--seconds", "3", "--quiet"]
+    assert main(argv + ["--duration-jitter", "0"]) == 0
+    assert (
+        main(["preprocess", str(root / "corpus"), str(root / "shards"), "--short-side", "32"]) == 0
+    )
+    yield str(root / "shards")
+
+
+def test_train_refuses_shards_stored_at_another_audio_rate(
+    tmp_path: Path, ray_local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`preprocess --sample-rate 22050` then `train` at the model's 16 kHz: one clear line,
+    exit 2, before Ray Train starts; with the model set to the stored rate the check passes."""
+    argv = ["synth", str(tmp_path / "c"), "--videos", "2", "--seconds", "2", "--quiet"]
+    assert main(argv) == 0
+    pre = ["preprocess", str(tmp_path / "c"), str(tmp_path / "s"), "--short-side", "32"]
+    assert main(pre + ["--sample-rate", "22050"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", "smoke", "--data", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "22050 Hz" in err and "16000 Hz" in err and "model.sample_rate=22050" in err
+    cfg = apply_overrides(smoke(), ["model.sample_rate=22050"])
+    assert check_sample_rate(str(tmp_path / "s"), cfg) == 22050
+
+
+def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted({m.step for m in client.get_metric_history(run_id, key)})
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
+    return out
+
+
+def test_smoke_two_workers_tracks_mlflow_and_checkpoints_locally(
+    shards: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work = tmp_path / "work"
+    argv = ["train", "--config", "smoke", "--data", shards, "--workdir", str(work)]
+    assert main(argv + ["--experiment", "smoke-test"]) == 0
+    summary = _last_json(capsys.readouterr().out)
+    cfg = smoke()
+    assert summary["tracking_uri"] == f"sqlite:///{work / 'mlflow.db'}"
+    assert summary["metrics"]["step"] == cfg.train.steps
+    ckpt = Path(summary["checkpoint"])
+    assert ckpt.name == checkpoint.dir_name(cfg.train.steps)
+    run_dir = ckpt.parent
+    assert run_dir.parent == work / "checkpoints"
+    steps = range(cfg.train.checkpoint_every, cfg.train.steps + 1, cfg.train.checkpoint_every)
+    for step in steps:
+        meta, state = checkpoint.load(run_dir / checkpoint.dir_name(step))
+        assert meta.step == step and meta.mlflow_run_id == summary["mlflow_run_id"]
+        assert set(state) == {"model", "optimizer", "scheduler", "queue"}
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "smoke-test"
+    params = run.data.params
+    assert params["optim.lr"] == str(cfg.optim.lr) and params["train.num_workers"] == "2"
+    assert len(params["data.manifest_sha256"]) == 16 and params["code_version"] != "unknown"
+    for key in STEP_METRICS:
+        assert _metric_steps(client, run.info.run_id, key) == list(range(1, cfg.train.steps + 1))
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+    artifacts = {a.path for d in ("config", "encoders", "contact_sheet")
+                 for a in client.list_artifacts(run.info.run_id, d)}  # fmt: skip
+    assert artifacts == {"config/config.yaml", "encoders/encoders.pt", "contact_sheet/batch.png"}
+
+    argv = ["eval", "pretext", "--checkpoint", str(ckpt), "--data", shards, "--json"]
+    assert main(argv + ["--epochs", "1"]) == 0
+    result = _last_json(capsys.readouterr().out)
+    assert set(result["heads"]) == {
+        "speed_video", "speed_audio", "direction_video", "direction_audio",
+        "order_video", "order_audio", "order_av",
+    }  # fmt: skip
+    for head in result["heads"].values():
+        assert 0.0 <= head["accuracy"] <= 1.0 and 0.0 < head["chance"] <= 0.5
+    assert 0.0 <= result["retrieval_a2v"]["r1"] <= 1.0
+
+
+def test_smoke_on_s3_logs_to_mlflow_server_without_secrets(
+    shards: str, tmp_path: Path, s3_env: S3Server, mlflow_server: MlflowServer
+) -> None:
+    bucket = s3_env.bucket("avtime-train")
+    cfg = apply_overrides(smoke(), [f"train.storage_path={bucket}/ckpt", "train.steps=4"])
+    outcome = train(
+        TrainRequest(cfg=cfg, data=shards, workdir=str(tmp_path), tracking_uri=mlflow_server.uri)
+    )
+    assert outcome.checkpoint == f"{bucket}/ckpt/{outcome.run_name}/step_00000004"
+    fs = s3_env.filesystem()
+    fs.invalidate_cache()
+    for step in (3, 4):
+        folder = f"avtime-train/ckpt/{outcome.run_name}/{checkpoint.dir_name(step)}"
+        assert {p.rsplit("/", 1)[-1] for p in fs.ls(folder)} >= {"state.pt", "meta.json"}
+    local, tmp = checkpoint.fetch(outcome.checkpoint)
+    assert tmp is not None and checkpoint.load(local)[0].step == 4
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert _metric_steps(client, run.info.run_id, "loss") == [1, 2, 3, 4]
+    assert run.data.params["train.storage_path"] == f"{bucket}/ckpt"
+    logged = json.dumps({"params": run.data.params, "tags": run.data.tags})
+    assert S3_SECRET not in logged and S3_KEY not in logged
+
+
+def _train_workers() -> list[Any]:
+    """Live Ray Train worker processes of this test's Ray (children of its raylet)."""
+    import psutil
+    import ray
+
+    node = ray._private.worker._global_node
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    found = []
+    for proc in raylet.children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "RayTrainWorker" in " ".join(
+                proc.cmdline()
+            ):
+                found.append(proc)
+        except psutil.Error:  # exited while we looked
+            continue
+    return found
+
+
+def _kill_one_worker_after_first_checkpoint(run_dir: Path, timeout: float = 600.0) -> int:
+    """Once Ray Train has committed a checkpoint, SIGKILL one training worker; its pid."""
+    import pyarrow.fs as pafs
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (
+            checkpoint.find_latest(pafs.LocalFileSystem(), str(run_dir)) is not None
+            and (run_dir / checkpoint.RAY_SNAPSHOT).is_file()
+        ):
+            workers = _train_workers()
+            if workers:
+                os.kill(workers[-1].pid, signal.SIGKILL)
+                return int(workers[-1].pid)
+        time.sleep(0.1)
+    raise TimeoutError(f"no committed checkpoint appeared under {run_dir}")
+
+
+def test_killed_worker_restarts_from_checkpoint_in_the_same_mlflow_run(
+    shards: str, tmp_path: Path
+) -> None:
+    base = smoke()
+    cfg: RunConfig = replace(
+        base,
+        train=replace(base.train, steps=30, checkpoint_every=5, max_failures=2),
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    request = TrainRequest(cfg=cfg, data=shards, workdir=str(tmp_path), tracking_uri=uri, name="ft")
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["outcome"] = train(request)
+        except BaseException as exc:  # surfaced by the assertion below
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    killed = _kill_one_worker_after_first_checkpoint(tmp_path / "checkpoints" / "ft")
+    thread.join(timeout=900)
+    assert not thread.is_alive() and "error" not in box, box.get("error")
+    outcome: TrainOutcome = box["outcome"]
+    assert killed not in [p.pid for p in _train_workers()]
+    assert outcome.metrics["step"] == 30 and outcome.checkpoint.endswith("step_00000030")
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("avtime").experiment_id])
+    assert [r.info.run_id for r in runs] == [outcome.mlflow_run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["avtime.resumed"] == "false"
+    resumed = client.get_metric_history(run.info.run_id, "resumed_from_step")
+    assert resumed and all(m.value % 5 == 0 and 5 <= m.value < 30 for m in resumed)
+    for key in ("loss", "lr", "acc_order_av", "data_wait_fraction"):
+        assert _metric_steps(client, run.info.run_id, key) == list(range(1, 31))
+
+
+def test_local_ray_runs_workers_at_niceness_zero_and_samplers_lower_themselves() -> None:
+    """The Ray `avtime train` starts (no RAY_ADDRESS) gives its workers, the Train worker among
+    them, niceness 0 rather than Ray's 15; a sampling task still drops to `data.stream.nice`.
+    In a child process: this module's Ray is already up, and niceness cannot be undone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, ray\n"
+        "from avtime.pipelines.config import StreamConfig\n"
+        "from avtime.pipelines.pretext.stream import lower_priority\n"
+        "from avtime.training.engine.trainer import ensure_local_ray\n"
+        "ensure_local_ray(1)\n"
+        "worker = ray.remote(num_cpus=0.1)(lambda: os.nice(0))\n"
+        "def sampler():\n"
+        "    lower_priority(StreamConfig().nice)\n"
+        "    return os.nice(0)\n"
+        "print(ray.get(worker.remote()), ray.get(ray.remote(num_cpus=0.1)(sampler).remote()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    worker_nice, sampler_nice = (int(v) for v in out.stdout.split()[-2:])
+    assert (worker_nice, sampler_nice) == (os.nice(0), 19)

@@ -1,0 +1,168 @@
+"""Unit tests of the trainer's pure parts: schedule, checkpoints, one step, resume, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from avtime.pipelines.configlib import dump_yaml
+from avtime.training.config import RunConfig, smoke
+from avtime.training.engine import checkpoint
+from avtime.training.engine.loop import (
+    JobSpec,
+    Window,
+    build_state,
+    loop_config,
+    parse_loop_config,
+    progress_line,
+    restore,
+)
+from avtime.training.engine.loop import train_step as one_step
+from avtime.training.engine.optim import lr_factor
+
+pytestmark = pytest.mark.unit
+
+
+def tiny_cfg(**optim: object) -> RunConfig:
+    cfg = smoke()
+    return replace(cfg, optim=replace(cfg.optim, **optim), train=replace(cfg.train, steps=8))
+
+
+def fake_batch(cfg: RunConfig, seed: int) -> dict[str, torch.Tensor]:
+    """A random batch with the contract's keys, dtypes and shapes (CONTRACTS.md section 2)."""
+    g = torch.Generator().manual_seed(seed)
+    b, t, s = cfg.data.stream.batch_size, cfg.data.pretext.clip_frames, cfg.data.augment.crop_size
+    n_audio = round(cfg.data.pretext.audio_seconds * cfg.model.sample_rate)
+    k = len(cfg.data.pretext.speeds)
+
+    def video() -> torch.Tensor:
+        return torch.randint(0, 256, (b, 3, t, s, s), generator=g, dtype=torch.uint8)
+
+    def labels(high: int, *shape: int) -> torch.Tensor:
+        return torch.randint(0, high, (b, *shape), generator=g)
+
+    return {
+        "video1": video(), "video2": video(),
+        "audio1": torch.rand(b, n_audio, generator=g) * 2 - 1,
+        "audio2": torch.rand(b, n_audio, generator=g) * 2 - 1,
+        "has_audio": torch.ones(b),
+        "label_video_speed": labels(k, 2), "label_audio_speed": labels(k, 2),
+        "label_video_reverse": labels(2, 2), "label_audio_reverse": labels(2, 2),
+        "label_video_order": labels(3), "label_audio_order": labels(3),
+        "label_av_order": labels(3, 2),
+    }  # fmt: skip
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_zero() -> None:
+    assert lr_factor(0, 4, 20) == pytest.approx(0.25)
+    assert lr_factor(3, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(4, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20) == pytest.approx(0.5)
+    assert lr_factor(20, 4, 20) == pytest.approx(0.0)
+    assert lr_factor(0, 0, 10) == pytest.approx(1.0)
+    assert all(lr_factor(s, 4, 20) >= lr_factor(s + 1, 4, 20) for s in range(4, 20))
+
+
+def test_loop_config_round_trips_through_plain_dicts() -> None:
+    cfg = tiny_cfg(optimizer="sgd", accum_steps=2)
+    job = JobSpec(tracking_uri="sqlite:////tmp/x.db", run_id="abc", examples_per_epoch=7)
+    assert parse_loop_config(loop_config(cfg, job)) == (cfg, job)
+
+
+def test_train_step_reports_every_term_and_head_accuracy() -> None:
+    cfg = tiny_cfg()
+    st = build_state(cfg, torch.device("cpu"))
+    before = [p.detach().clone() for p in st.model.parameters()]
+    terms = one_step(st, [fake_batch(cfg, 0)])
+    for name in ("vv", "va", "speed_video", "speed_audio", "direction_video", "order_av"):
+        assert math.isfinite(terms[f"loss_{name}"])
+    for name in ("speed_video", "direction_audio", "order_video", "order_audio", "order_av"):
+        assert 0.0 <= terms[f"acc_{name}"] <= 1.0
+    assert terms["lr"] == pytest.approx(cfg.optim.lr * lr_factor(0, cfg.optim.warmup_steps, 8))
+    assert st.step == 1 and st.examples_seen == cfg.data.stream.batch_size
+    assert any(not torch.equal(a, b) for a, b in zip(before, st.model.parameters()))
+    assert st.queue is not None and st.queue.count("vv") == cfg.data.stream.batch_size
+
+
+def test_accumulation_counts_every_micro_batch() -> None:
+    cfg = tiny_cfg(accum_steps=2)
+    st = build_state(cfg, torch.device("cpu"))
+    one_step(st, [fake_batch(cfg, 0), fake_batch(cfg, 1)])
+    assert st.step == 1 and st.examples_seen == 2 * cfg.data.stream.batch_size
+    assert st.queue is not None and st.queue.count("vv") == 2 * cfg.data.stream.batch_size
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_resume_from_checkpoint_continues_exactly(tmp_path: Path, optimizer: str) -> None:
+    cfg = tiny_cfg(optimizer=optimizer)
+    batches = [fake_batch(cfg, i) for i in range(4)]
+    straight = build_state(cfg, torch.device("cpu"))
+    for b in batches:
+        one_step(straight, [b])
+
+    first = build_state(cfg, torch.device("cpu"))
+    first.run_id = "run-1"
+    for b in batches[:2]:
+        one_step(first, [b])
+    meta = checkpoint.CheckpointMeta(
+        step=first.step, data_epoch=3, examples_seen=first.examples_seen, mlflow_run_id="run-1"
+    )
+    checkpoint.save(tmp_path / "ck", meta, first.state_dicts(), dump_yaml(cfg))
+
+    resumed = build_state(replace(cfg, train=replace(cfg.train, seed=99)), torch.device("cpu"))
+    assert restore(resumed, tmp_path / "ck")
+    assert (resumed.step, resumed.run_id, resumed.data_epoch) == (2, "run-1", 3)
+    for b in batches[2:]:
+        one_step(resumed, [b])
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b)
+    assert straight.queue is not None and resumed.queue is not None
+    torch.testing.assert_close(straight.queue.get("vv"), resumed.queue.get("vv"))
+    assert resumed.scheduler.last_epoch == straight.scheduler.last_epoch == 4
+
+
+def test_checkpoint_loads_with_weights_only_and_finds_latest(tmp_path: Path) -> None:
+    cfg = tiny_cfg()
+    st = build_state(cfg, torch.device("cpu"))
+    for step in (3, 6):
+        meta = checkpoint.CheckpointMeta(
+            step=step, data_epoch=1, examples_seen=4, mlflow_run_id="r"
+        )
+        checkpoint.save(tmp_path / checkpoint.dir_name(step), meta, st.state_dicts(), "x: 1\n")
+    (tmp_path / checkpoint.dir_name(9)).mkdir()  # an upload that never completed
+    (tmp_path / checkpoint.dir_name(9) / checkpoint.META_FILE).write_text("{}")
+    found = checkpoint.find_latest(pafs.LocalFileSystem(), str(tmp_path))
+    assert found is not None and found[0].endswith("step_00000006") and found[1].step == 6
+    meta, state = checkpoint.load(found[0])
+    assert meta.mlflow_run_id == "r" and set(state) == {"model", "optimizer", "scheduler", "queue"}
+    assert checkpoint.read_config_yaml(found[0]) == "x: 1\n"
+    assert checkpoint.find_latest(pafs.LocalFileSystem(), str(tmp_path / "none")) is None
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": "step_00000003"}]}
+    (tmp_path / checkpoint.RAY_SNAPSHOT).write_text(json.dumps(snapshot))
+    committed = checkpoint.find_latest(pafs.LocalFileSystem(), str(tmp_path))
+    assert committed is not None and committed[1].step == 3  # step 6 is not committed yet
+
+
+def test_window_averages_terms_and_measures_data_wait() -> None:
+    w = Window()
+    w.add(wait_s=1.0, total_s=4.0, examples=8, terms={"loss": 2.0})
+    w.add(wait_s=0.0, total_s=4.0, examples=8, terms={"loss": 4.0})
+    m = w.metrics()
+    assert m["loss"] == pytest.approx(3.0)
+    assert m["examples_per_s"] == pytest.approx(2.0)
+    assert m["data_wait_fraction"] == pytest.approx(0.125)
+
+
+def test_progress_line_shows_step_loss_every_head_and_data_wait() -> None:
+    metrics = {"step": 50.0, "loss": 2.5, "acc_speed_video": 0.625, "acc_order_av": 0.4}
+    metrics |= {"examples_per_s": 41.7, "data_wait_fraction": 0.031, "lr": 0.001}
+    line = progress_line(metrics, 1500)
+    assert line.startswith("train: step 50/1500 loss 2.500 ")
+    assert "order_av 0.40 speed_video 0.62" in line and "lr" not in line
+    assert line.endswith("42 ex/s, data wait 3%")

@@ -1,0 +1,1 @@
+"""The `avtime` command line: `main.py` and one module per subcommand in `commands/`."""

@@ -1,0 +1,96 @@
+"""`avtime preprocess SRC DST`: decode videos into Arrow segment shards (docs/ingest.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from avtime.pipelines.config import IngestConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command line of `avtime preprocess` (defaults from IngestConfig)."""
+    d = IngestConfig()
+    parser.add_argument(
+        "src", metavar="SRC", help="folder, s3://bucket/prefix, or .csv/.jsonl listing"
+    )
+    parser.add_argument("dst", metavar="DST", help="output folder or s3://bucket/prefix")
+    parser.add_argument("--labels", metavar="CSV", help="CSV with path,label[,split] columns")
+    parser.add_argument(
+        "--fps", type=float, default=d.fps, help=f"stored frame rate (default {d.fps:g})"
+    )
+    parser.add_argument(
+        "--short-side", type=int, default=d.short_side,
+        help=f"stored frames' short side in pixels (default {d.short_side})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sample-rate", type=int, default=d.sample_rate,
+        help=f"stored mono audio rate in Hz (default {d.sample_rate})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--segment-seconds", type=float, default=d.segment_seconds,
+        help=f"longest segment in seconds (default {d.segment_seconds:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--frame-format", choices=["jpeg", "png"], default=d.frame_format,
+        help=f"stored image format (default {d.frame_format})",
+    )  # fmt: skip
+    parser.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="1..100")
+    parser.add_argument(
+        "--require-audio", action="store_true", help="reject videos without an audio stream"
+    )
+    parser.add_argument(
+        "--max-reject-fraction", type=float, default=d.max_reject_fraction,
+        help="exit non-zero when rejects/inputs exceeds this (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--file-timeout", type=float, default=d.file_timeout_s,
+        help="per-file decode time limit in seconds (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rows-per-shard", type=int, default=d.rows_per_shard, help="segment rows per shard"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="parallel decode tasks (default: CPUs)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job; 0 = success, 1 = nothing usable / too many rejects / job error, 2 = usage."""
+    from avtime.pipelines.ingest.job import IngestError, run_ingest
+    from avtime.pipelines.ingest.listing import ListingError
+    from avtime.pipelines.storage import StorageError
+
+    try:
+        cfg = replace(
+            IngestConfig(), fps=args.fps, short_side=args.short_side,
+            sample_rate=args.sample_rate, segment_seconds=args.segment_seconds,
+            frame_format=args.frame_format, jpeg_quality=args.jpeg_quality,
+            require_audio=args.require_audio, max_reject_fraction=args.max_reject_fraction,
+            file_timeout_s=args.file_timeout, rows_per_shard=args.rows_per_shard,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"avtime preprocess: {exc}", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print("avtime preprocess: --workers must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        res = run_ingest(args.src, args.dst, cfg, labels=args.labels, workers=args.workers)
+    except (IngestError, ListingError, StorageError) as exc:
+        print(f"avtime preprocess: error: {exc}", file=sys.stderr)
+        return 1
+    code = 0
+    if res.rows == 0:
+        print("avtime preprocess: no usable rows came out (see rejects.parquet)", file=sys.stderr)
+        code = 1
+    elif res.reject_fraction > cfg.max_reject_fraction:
+        print(
+            f"avtime preprocess: reject fraction {res.reject_fraction:.3f} exceeds "
+            f"--max-reject-fraction {cfg.max_reject_fraction}",
+            file=sys.stderr,
+        )
+        code = 1
+    print(res.summary_line(), flush=True)
+    return code

@@ -1,0 +1,1 @@
+"""Cluster operations: `avtime submit` (Ray Jobs) and `avtime compare` (MLflow runs)."""

@@ -1,0 +1,148 @@
+"""Training checkpoints: one folder per save, tensors in `state.pt`, facts in `meta.json`.
+
+A checkpoint folder holds:
+- `state.pt`: `{"model", "optimizer", "scheduler", "queue"}` state dicts, written with
+  `torch.save` and read back with `torch.load(..., weights_only=True)` (no pickled code).
+- `meta.json`: step, data epoch, examples seen and the MLflow run id.
+- `config.yaml`: the resolved run config, so `avtime eval pretext` can rebuild the model.
+
+Ray Train uploads the folder to the run's storage (local or s3://) as `step_<8 digits>`; this
+module also finds the latest complete one there, for the driver (the MLflow run id to continue)
+and for the data stream (the data epoch to start from).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+CONFIG_FILE = "config.yaml"
+DIR_PREFIX = "step_"
+FORMAT_VERSION = 1
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of committed checkpoints
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointMeta:
+    """The non-tensor facts of a checkpoint."""
+
+    step: int  # optimiser steps done
+    data_epoch: int  # the data epoch the next example comes from
+    examples_seen: int  # global training examples consumed
+    mlflow_run_id: str
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckpointMeta:
+        raw = json.loads(text)
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"checkpoint format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}"
+            )
+        return cls(**{k: raw[k] for k in ("step", "data_epoch", "examples_seen", "mlflow_run_id")})
+
+
+def dir_name(step: int) -> str:
+    """Folder name of the checkpoint taken after `step` optimiser steps."""
+    return f"{DIR_PREFIX}{step:08d}"
+
+
+def save(folder: str | Path, meta: CheckpointMeta, state: dict[str, Any], config_yaml: str) -> Path:
+    """Write a checkpoint into `folder` (created); `state` maps names to state dicts."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path / STATE_FILE)
+    (path / CONFIG_FILE).write_text(config_yaml)
+    (path / META_FILE).write_text(json.dumps(asdict(meta), indent=1) + "\n")
+    return path
+
+
+def load(
+    folder: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[CheckpointMeta, Any]:
+    """(meta, state dicts) of a local checkpoint folder; tensors only (`weights_only=True`)."""
+    path = Path(folder)
+    if not (path / META_FILE).is_file() or not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not an avtime checkpoint (needs {META_FILE} and {STATE_FILE})"
+        )
+    meta = CheckpointMeta.from_json((path / META_FILE).read_text())
+    state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+    return meta, state
+
+
+def read_config_yaml(folder: str | Path) -> str:
+    """The resolved run config YAML stored in a local checkpoint folder."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; is {folder} an avtime checkpoint?")
+    return path.read_text()
+
+
+def fetch(uri: str) -> tuple[Path, Path | None]:
+    """A local folder with the checkpoint at `uri` (local path or s3://).
+
+    Returns (folder, temp root to delete afterwards, or None when `uri` is already local).
+    """
+    from avtime.pipelines import storage
+
+    if not storage.is_s3(uri):
+        return Path(uri), None
+    tmp = Path(tempfile.mkdtemp(prefix="avtime-ckpt-"))
+    files = storage.list_files(uri)
+    if not files:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileNotFoundError(f"no checkpoint files under {uri}")
+    for f in files:
+        rel = f[len(uri.rstrip("/")) + 1 :]
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        storage.get_file(f, tmp / rel)
+    return tmp, tmp
+
+
+def find_latest(fs: Any, run_dir: str) -> tuple[str, CheckpointMeta] | None:
+    """The newest complete, committed checkpoint under `run_dir` of pyarrow filesystem `fs`.
+
+    Committed means Ray Train registered it: it is listed in the run's
+    `checkpoint_manager_snapshot.json` (a folder uploaded just before a crash is not, and
+    Ray restores the one before). Without a snapshot, every `step_*` folder counts. Complete
+    means its `meta.json` and `state.pt` are both there. Returns (path, meta) or None.
+    """
+    import pyarrow.fs as pafs
+
+    base = run_dir.rstrip("/")
+    names = _committed(fs, base)
+    if names is None:
+        info = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=False))
+        names = [i.base_name for i in info if i.type == pafs.FileType.Directory]
+    for name in sorted((n for n in names if n.startswith(DIR_PREFIX)), reverse=True):
+        folder = f"{base}/{name}"
+        state, meta_path = fs.get_file_info([f"{folder}/{STATE_FILE}", f"{folder}/{META_FILE}"])
+        if state.type != pafs.FileType.File or meta_path.type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(meta_path.path) as f:
+            return folder, CheckpointMeta.from_json(f.read().decode())
+    return None
+
+
+def _committed(fs: Any, run_dir: str) -> list[str] | None:
+    """Checkpoint folder names in Ray Train's snapshot of the run, or None without one."""
+    import pyarrow.fs as pafs
+
+    path = f"{run_dir}/{RAY_SNAPSHOT}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    try:
+        with fs.open_input_stream(path) as f:
+            doc = json.loads(f.read().decode())
+        return [str(r["checkpoint_dir_name"]) for r in doc.get("checkpoint_results", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -1,0 +1,339 @@
+"""The per-worker training loop that Ray Train runs (`train_loop_per_worker`).
+
+Ray stays at one boundary: the first line turns Ray's config dict into the typed `RunConfig` and
+`JobSpec`. The rest is split into setup (`build_state`, `restore`), one optimiser step
+(`train_step`), metrics (`Window`) and checkpoint/report (`report`) helpers.
+
+Per step: each of `accum_steps` micro-batches runs forward under bf16 autocast on CUDA (fp32 on
+CPU) and backward without a DDP all-reduce except the last; then gradient clipping, the optimiser
+and the warmup + cosine schedule step. Every `log_every` steps rank 0 logs the loss terms, head
+accuracies, lr, examples/s and the fraction of step time spent waiting for data. Every
+`checkpoint_every` steps, and at the end, rank 0 saves model, optimiser, scheduler, queue, step
+and data epoch, and every rank calls `ray.train.report`. A restarted worker resumes from the
+latest checkpoint and keeps logging to the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from avtime.models.av import AVModel
+from avtime.models.losses import total_loss
+from avtime.models.queue import FeatureQueue
+from avtime.pipelines.configlib import dump_yaml, from_dict, to_dict
+from avtime.training.config import RunConfig
+from avtime.training.engine import checkpoint
+from avtime.training.engine.optim import (
+    autocast,
+    build_optimizer,
+    build_scheduler,
+    no_sync,
+    unwrap,
+    wrap_ddp,
+)
+from avtime.training.engine.tracking import Logger, MlflowLogger, NullLogger, TrackingSpec
+
+log = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """Run-level facts the workers need beside the RunConfig (no credentials)."""
+
+    tracking_uri: str
+    run_id: str
+    examples_per_epoch: int  # examples in one data epoch (usable rows x examples_per_row)
+    fit_start_unix: float = 0.0  # when the driver called fit(); 0 = unknown
+    system_metrics: bool = True
+
+
+def loop_config(cfg: RunConfig, job: JobSpec) -> dict[str, Any]:
+    """The plain dict handed to Ray as `train_loop_config`."""
+    return {"run": to_dict(cfg), "job": asdict(job)}
+
+
+def parse_loop_config(config: dict[str, Any]) -> tuple[RunConfig, JobSpec]:
+    """Inverse of `loop_config`."""
+    return from_dict(RunConfig, config["run"]), from_dict(JobSpec, config["job"])
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: set up, resume, train to `cfg.train.steps`, report."""
+    cfg, job = parse_loop_config(config)
+    import ray.train
+    import ray.train.torch
+
+    rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
+    st = build_state(cfg, ray.train.torch.get_device(), world)
+    restored = restore(st, ray.train.get_checkpoint())
+    run_id = st.run_id or job.run_id
+    st.run_id = run_id
+    logger: Logger = (
+        MlflowLogger(TrackingSpec(tracking_uri=job.tracking_uri, run_id=run_id,
+                                  system_metrics=job.system_metrics))
+        if rank == 0 else NullLogger()
+    )  # fmt: skip
+    try:
+        if restored:
+            logger.log({"resumed_from_step": float(st.step)}, st.step)
+        shard = ray.train.get_dataset_shard("train")
+        batches = _batches_forever(shard, cfg, st.device)
+        run_steps(st, batches, logger, job, rank=rank)
+        if rank == 0:
+            _log_encoders(st, logger)
+    except BaseException:
+        if isinstance(logger, MlflowLogger):
+            logger.close(status="FAILED")
+        raise
+    logger.close()
+
+
+@dataclass
+class WorkerState:
+    """Everything one worker trains and checkpoints."""
+
+    cfg: RunConfig
+    model: nn.Module  # DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    queue: FeatureQueue | None
+    device: torch.device
+    world_size: int = 1
+    step: int = 0
+    examples_seen: int = 0
+    epoch_base: int = 0  # data epoch at which this attempt's stream started
+    seen_base: int = 0  # examples_seen when this attempt started
+    examples_per_epoch: int = 1
+    run_id: str = ""
+
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimiser step over all workers."""
+        s = self.cfg.data.stream.batch_size
+        return s * self.cfg.optim.accum_steps * self.world_size
+
+    @property
+    def data_epoch(self) -> int:
+        """The data epoch the next example comes from."""
+        done = self.examples_seen - self.seen_base
+        return self.epoch_base + done // max(1, self.examples_per_epoch)
+
+    def state_dicts(self) -> dict[str, Any]:
+        """Tensors to checkpoint."""
+        out = {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        if self.queue is not None:
+            out["queue"] = self.queue.state_dict()
+        return out
+
+
+def build_state(cfg: RunConfig, device: torch.device, world_size: int = 1) -> WorkerState:
+    """Model (DDP when distributed), optimiser, schedule and queue on `device`, from scratch."""
+    torch.manual_seed(cfg.train.seed)
+    model = AVModel(cfg.model, num_speeds=len(cfg.data.pretext.speeds), loss_cfg=cfg.loss)
+    model = model.to(device)
+    queue = None
+    if cfg.loss.queue_size > 0:
+        queue = FeatureQueue(cfg.loss.queue_size, cfg.model.embed_dim).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    return WorkerState(
+        cfg=cfg, model=wrap_ddp(model, device), optimizer=optimizer, scheduler=scheduler,
+        queue=queue, device=device, world_size=world_size,
+    )  # fmt: skip
+
+
+def restore(st: WorkerState, ckpt: Any) -> bool:
+    """Load a Ray checkpoint (or a local folder) into `st`; False when there is none."""
+    if ckpt is None:
+        return False
+    if isinstance(ckpt, (str, Path)):
+        meta, state = checkpoint.load(ckpt, map_location=st.device)
+    else:
+        with ckpt.as_directory() as folder:
+            meta, state = checkpoint.load(folder, map_location=st.device)
+    unwrap(st.model).load_state_dict(state["model"])
+    st.optimizer.load_state_dict(state["optimizer"])
+    st.scheduler.load_state_dict(state["scheduler"])
+    if st.queue is not None and "queue" in state:
+        st.queue.load_state_dict(state["queue"])
+    st.step, st.examples_seen, st.run_id = meta.step, meta.examples_seen, meta.mlflow_run_id
+    st.epoch_base, st.seen_base = meta.data_epoch, meta.examples_seen
+    log.info("resumed from step %d (data epoch %d)", meta.step, meta.data_epoch)
+    return True
+
+
+def train_step(st: WorkerState, micro_batches: list[Batch]) -> dict[str, float]:
+    """One optimiser step over `micro_batches` (gradient accumulation); returns the terms.
+
+    Each batch holds the pretext keys of docs/CONTRACTS.md section 2 on `st.device`. The
+    returned terms are global (averaged over workers by `total_loss`) and over micro-batches,
+    plus `lr` (the lr this step used) and `grad_norm` (before clipping).
+    """
+    cfg, n = st.cfg, len(micro_batches)
+    sums: dict[str, float] = {}
+    for i, batch in enumerate(micro_batches):
+        with no_sync(st.model, sync=i == n - 1):
+            with autocast(st.device):
+                out = st.model(batch["video1"], batch["video2"], batch["audio1"], batch["audio2"])
+            loss, terms = total_loss(out, batch, cfg.loss, st.queue)
+            (loss / n).backward()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / n
+    params = [p for p in st.model.parameters() if p.grad is not None]
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    sums["lr"] = float(st.optimizer.param_groups[0]["lr"])
+    sums["grad_norm"] = float(grad_norm)
+    st.optimizer.step()
+    st.scheduler.step()
+    st.optimizer.zero_grad(set_to_none=True)
+    st.step += 1
+    st.examples_seen += st.global_batch
+    return sums
+
+
+@dataclass
+class Window:
+    """Running sums between two log steps: data-wait and step time, and the terms."""
+
+    wait_s: float = 0.0
+    total_s: float = 0.0
+    steps: int = 0
+    examples: int = 0
+    terms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, wait_s: float, total_s: float, examples: int, terms: dict[str, float]) -> None:
+        self.wait_s, self.total_s = self.wait_s + wait_s, self.total_s + total_s
+        self.steps, self.examples = self.steps + 1, self.examples + examples
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0.0) + v
+
+    def metrics(self) -> dict[str, float]:
+        """Mean terms, examples/s and the data-wait fraction over the window."""
+        out = {k: v / max(1, self.steps) for k, v in self.terms.items()}
+        out["examples_per_s"] = self.examples / max(self.total_s, 1e-9)
+        out["data_wait_fraction"] = self.wait_s / max(self.total_s, 1e-9)
+        return out
+
+
+def run_steps(
+    st: WorkerState, batches: Iterator[Batch], logger: Logger, job: JobSpec, *, rank: int = 0
+) -> dict[str, float]:
+    """Train until `cfg.train.steps`, logging and checkpointing; returns the last metrics."""
+    tcfg = st.cfg.train
+    st.examples_per_epoch = job.examples_per_epoch
+    window, last = Window(), {"step": float(st.step)}
+    fresh = st.step == 0
+    while st.step < tcfg.steps:
+        t0 = time.perf_counter()
+        micro = [next(batches) for _ in range(st.cfg.optim.accum_steps)]
+        t1 = time.perf_counter()
+        terms = train_step(st, micro)
+        window.add(t1 - t0, time.perf_counter() - t0, st.global_batch, terms)
+        if fresh and st.step == 1 and rank == 0:
+            _first_step(st, micro[0], logger, job)
+        done = st.step == tcfg.steps
+        if st.step % tcfg.log_every == 0 or done:
+            last = window.metrics() | {"step": float(st.step), "data_epoch": float(st.data_epoch)}
+            logger.log(last, st.step)
+            window = Window()
+            if rank == 0 and (st.step % (5 * tcfg.log_every) == 0 or done):
+                log.info(progress_line(last, tcfg.steps))  # print() is teed twice under Train V2
+        if st.step % tcfg.checkpoint_every == 0 or done:
+            report(st, last, with_checkpoint=True, rank=rank)
+    if not fresh and st.step >= tcfg.steps and last.keys() == {"step"}:
+        report(st, last, with_checkpoint=False, rank=rank)  # resumed a finished run
+    return last
+
+
+def progress_line(metrics: dict[str, float], steps: int) -> str:
+    """One console line: step, loss, head accuracies, examples/s and the data-wait share."""
+    accs = " ".join(
+        f"{k.removeprefix('acc_')} {v:.2f}"
+        for k, v in sorted(metrics.items())
+        if k.startswith("acc_")
+    )
+    return (
+        f"train: step {int(metrics['step'])}/{steps} loss {metrics.get('loss', float('nan')):.3f} "
+        f"| acc {accs} | {metrics.get('examples_per_s', 0.0):.0f} ex/s, "
+        f"data wait {100 * metrics.get('data_wait_fraction', 0.0):.0f}%"
+    )
+
+
+def report(st: WorkerState, metrics: dict[str, float], *, with_checkpoint: bool, rank: int) -> None:
+    """`ray.train.report` on every rank; rank 0 attaches a checkpoint folder when asked."""
+    import ray.train
+
+    if not with_checkpoint:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="avtime-ckpt-") as tmp:
+        ckpt = None
+        if rank == 0:
+            meta = checkpoint.CheckpointMeta(
+                step=st.step, data_epoch=st.data_epoch, examples_seen=st.examples_seen,
+                mlflow_run_id=st.run_id,
+            )  # fmt: skip
+            checkpoint.save(tmp, meta, st.state_dicts(), dump_yaml(st.cfg))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.dir_name(st.step))
+
+
+def _batches_forever(shard: Any, cfg: RunConfig, device: torch.device) -> Iterator[Batch]:
+    """Full batches of the worker's shard, passing over it again if it runs out."""
+    passes = 0
+    while True:
+        n = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.data.stream.batch_size, drop_last=True, prefetch_batches=2,
+            device=device, pin_memory=device.type == "cuda",
+        ):  # fmt: skip
+            n += 1
+            yield batch
+        if n == 0:
+            raise RuntimeError(
+                "the training stream gave this worker no full batch: add data, lower "
+                "data.stream.batch_size, or use fewer workers"
+            )
+        passes += 1
+        log.warning("training stream exhausted after %d batches; pass %d again", n, passes)
+
+
+def _first_step(st: WorkerState, batch: Batch, logger: Logger, job: JobSpec) -> None:
+    """After the first step of a fresh run: startup time and a contact sheet of the batch."""
+    from avtime.pipelines.pretext.contact_sheet import save_batch
+
+    if job.fit_start_unix > 0:
+        logger.log({"startup_s": time.time() - job.fit_start_unix}, st.step)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_batch(batch, st.cfg.data.pretext.speeds, Path(tmp) / "batch.png")
+        logger.log_artifact(path, "contact_sheet")
+
+
+def _log_encoders(st: WorkerState, logger: Logger) -> None:
+    """The final encoder weights as an artifact `encoders/encoders.pt`."""
+    model = unwrap(st.model)
+    assert isinstance(model, AVModel)
+    state = {"video": model.video.state_dict()}
+    audio = model.audio
+    if audio is not None:
+        state["audio"] = audio.state_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "encoders.pt"
+        torch.save(state, path)
+        logger.log_artifact(path, "encoders")

@@ -1,0 +1,315 @@
+"""The driver side of `avtime train`: a Ray Train V2 `TorchTrainer` fed by the pretext stream.
+
+`train(request)` connects to Ray (or starts a local cluster whose logical CPUs leave room for
+Ray Data), opens or continues the MLflow run, builds the trainer and runs `fit()`:
+- `ScalingConfig`: workers, GPUs, and `cpus_per_worker` CPUs each (fractional on small machines).
+- `datasets={"train": StreamFactory(...)}`: Ray Train calls the factory each time it starts a
+  worker group, so after a failure the stream restarts at the data epoch of the latest checkpoint.
+  The factory's dataset covers every epoch the remaining steps need, in one pass.
+- `DataConfig`: Ray Data may use every CPU the training workers do not hold (a resource limit).
+- `RunConfig(name, storage_path, FailureConfig(max_failures))`: checkpoints land in
+  `<storage>/<name>/step_XXXXXXXX` (local or s3://); rerunning the same command resumes there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avtime.pipelines import storage
+from avtime.pipelines.config import DataConfig
+from avtime.pipelines.configlib import dump_yaml, flatten
+from avtime.training.config import RunConfig, TrainConfig
+from avtime.training.engine import checkpoint, tracking
+from avtime.training.engine.loop import JobSpec, loop_config, train_loop_per_worker
+
+MIN_DATA_CPUS = 0.5  # logical CPUs Ray Data needs beside the training workers
+EPOCH_MARGIN = 1  # a spare data epoch: drop_last and the equal split across workers lose rows
+WORKER_NICENESS = 0  # of a local Ray's workers (Ray's default is 15); samplers go to 19 themselves
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """What `avtime train` was asked to do."""
+
+    cfg: RunConfig
+    data: str  # shards folder or s3:// prefix
+    experiment: str = tracking.DEFAULT_EXPERIMENT
+    name: str = ""  # run name under the storage path; "" = preset + config hash
+    workdir: str = ""  # default home of checkpoints/ and mlflow.db; "" = cwd
+    tracking_uri: str = ""  # "" = MLFLOW_TRACKING_URI or sqlite in workdir
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOutcome:
+    """Where a finished run put things, and its final metrics."""
+
+    mlflow_run_id: str
+    tracking_uri: str
+    checkpoint: str
+    run_name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON object `avtime train` prints on its last line."""
+        return {
+            "mlflow_run_id": self.mlflow_run_id,
+            "tracking_uri": tracking.redact_url(self.tracking_uri),
+            "checkpoint": self.checkpoint,
+            "run_name": self.run_name,
+            "metrics": self.metrics,
+        }
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A storage location as a URI, and as the pyarrow filesystem + path Ray Train uses."""
+
+    uri: str
+    fs: Any
+    path: str
+
+    @classmethod
+    def at(cls, uri: str) -> Storage:
+        fs, path = storage.arrow_filesystem(uri)
+        return cls(uri=uri, fs=fs, path=path)
+
+    def uri_of(self, path: str) -> str:
+        """The URI of a path inside this filesystem."""
+        return f"s3://{path}" if storage.is_s3(self.uri) else path
+
+
+def ensure_local_ray(min_cpus: float = 1.0) -> None:
+    """Connect to `RAY_ADDRESS`, else start a local Ray with at least `min_cpus` logical CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster
+    # The dashboard serves the state API, which Ray Train's placement-group cleaner polls: without
+    # it, the cleaner logs "Failed to query Ray Train Controller actor state" every second.
+    # Ray starts its workers at niceness 15 (`worker_niceness`); at 0 the Train worker competes
+    # like a plain process, while the sampling tasks lower themselves to `data.stream.nice`.
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
+        include_dashboard=True,
+        _system_config={"worker_niceness": WORKER_NICENESS},
+    )
+
+
+def ensure_ray(tcfg: TrainConfig) -> None:
+    """`ensure_local_ray` with room for the workers and Ray Data; check the budget."""
+    import ray
+
+    ensure_local_ray(tcfg.num_workers * tcfg.cpus_per_worker + MIN_DATA_CPUS)
+    check_resources(tcfg, ray.cluster_resources())
+
+
+def cluster_cpus() -> float:
+    """Logical CPUs of the connected Ray cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
+def check_resources(tcfg: TrainConfig, resources: dict[str, float]) -> None:
+    """Raise ValueError if the workers would take every CPU (Ray Data would then starve)."""
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    train_cpus = tcfg.num_workers * tcfg.cpus_per_worker
+    if train_cpus + MIN_DATA_CPUS > cpus:
+        raise ValueError(
+            f"{tcfg.num_workers} workers x {tcfg.cpus_per_worker} CPUs leave Ray Data less than "
+            f"{MIN_DATA_CPUS} of the cluster's {cpus:g} CPUs, which deadlocks the stream; lower "
+            "train.cpus_per_worker or train.num_workers"
+        )
+    if tcfg.use_gpu and gpus < tcfg.num_workers:
+        raise ValueError(
+            f"train.use_gpu needs {tcfg.num_workers} GPUs, the cluster has {gpus:g}; "
+            "set train.use_gpu=false or train.num_workers lower"
+        )
+
+
+def check_sample_rate(data: str, cfg: RunConfig) -> int:
+    """The audio rate stored in `data`'s manifest, which must be the model's `model.sample_rate`:
+    the log-mel front end assumes its own rate, and the training stream feeds the stored one
+    unresampled. A mismatch raises ValueError naming both rates and both fixes."""
+    from avtime.pipelines.pretext.stream import shards_sample_rate
+
+    stored = shards_sample_rate(data)
+    if stored != cfg.model.sample_rate:
+        raise ValueError(
+            f"{data} stores audio at {stored} Hz but model.sample_rate is "
+            f"{cfg.model.sample_rate} Hz; add --set model.sample_rate={stored}, or preprocess "
+            f"again with --sample-rate {cfg.model.sample_rate}"
+        )
+    return stored
+
+
+def examples_per_epoch(data: str, cfg: DataConfig) -> int:
+    """Segment rows the sampler draws from, times examples per row: rows too short for every
+    configured speed are skipped (`segment_stats`, from the shards' metadata columns), so they
+    do not count; the stream would otherwise run out before the last steps."""
+    from avtime.pipelines.pretext.stream import segment_stats
+    from avtime.pipelines.schema import MANIFEST_NAME
+
+    uri = storage.join(data, MANIFEST_NAME)
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"{uri} is missing; run `avtime preprocess SRC {data}` first")
+    stats = segment_stats(data, cfg)
+    rows = stats["ok"] + stats["restricted"]
+    if rows + stats["skipped"] < 1:
+        raise ValueError(f"{data} holds no segment rows (see its rejects.parquet)")
+    if rows < 1:
+        raise ValueError(
+            f"all {stats['skipped']} segments in {data} are too short for the speeds "
+            f"{cfg.pretext.speeds} at {cfg.pretext.clip_frames} frames a clip: lower "
+            "data.pretext.speeds or data.pretext.clip_frames, or preprocess longer segments"
+        )
+    return rows * cfg.stream.examples_per_row
+
+
+@dataclass(frozen=True)
+class StreamFactory:
+    """Builds the training stream when Ray Train starts (or restarts) the worker group.
+
+    The stream starts at the data epoch of the latest checkpoint in `run_dir` and covers the
+    epochs the remaining optimiser steps need, plus `EPOCH_MARGIN`.
+    """
+
+    data: str
+    cfg: RunConfig
+    fs: Any
+    run_dir: str
+    examples_per_epoch: int
+
+    def epochs(self) -> tuple[int, int]:
+        """(first epoch, number of epochs) for the steps still to do."""
+        latest = checkpoint.find_latest(self.fs, self.run_dir)
+        start_step, start_epoch = (latest[1].step, latest[1].data_epoch) if latest else (0, 0)
+        t = self.cfg.train
+        per_step = self.cfg.data.stream.batch_size * self.cfg.optim.accum_steps * t.num_workers
+        remaining = max(0, t.steps - start_step) * per_step
+        return start_epoch, math.ceil(remaining / self.examples_per_epoch) + EPOCH_MARGIN
+
+    def __call__(self) -> Any:
+        from avtime.pipelines.pretext.stream import build_pretext_dataset
+
+        epoch, epochs = self.epochs()
+        ds = build_pretext_dataset(self.data, self.cfg.data, epoch=epoch, epochs=epochs)
+        # The loop prints its own progress line; Ray Data's bars for a stream that runs as long
+        # as training would redraw every second and flood non-terminal logs.
+        ds.context.enable_progress_bars = False
+        return ds
+
+
+def run_name(req: TrainRequest) -> str:
+    """`req.name`, or `<preset>-<hash of config and data>`: the same command resumes its run."""
+    if req.name:
+        return req.name
+    digest = hashlib.sha256((dump_yaml(req.cfg) + req.data).encode()).hexdigest()[:10]
+    return f"{req.cfg.preset}-{digest}"
+
+
+def storage_for(req: TrainRequest) -> Storage:
+    """`train.storage_path`, or `<workdir>/checkpoints` (absolute)."""
+    uri = req.cfg.train.storage_path
+    if not uri:
+        uri = str((Path(req.workdir or ".") / "checkpoints").absolute())
+    storage.check_location(uri, must_exist=False)
+    if not storage.is_s3(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+    return Storage.at(uri)
+
+
+def build_trainer(
+    req: TrainRequest, job: JobSpec, where: Storage, name: str, factory: StreamFactory
+) -> Any:
+    """The TorchTrainer of one run."""
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    t = req.cfg.train
+    per_worker: dict[str, float] = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        per_worker["GPU"] = 1.0
+    data_cpus = max(MIN_DATA_CPUS, cluster_cpus() - t.num_workers * t.cpus_per_worker)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(req.cfg, job),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=per_worker
+        ),
+        datasets={"train": factory},
+        dataset_config=DataConfig(
+            datasets_to_split="all",
+            execution_options=ExecutionOptions(resource_limits=ExecutionResources(cpu=data_cpus)),
+        ),
+        run_config=RayRunConfig(
+            name=name,
+            storage_path=where.path,
+            storage_filesystem=where.fs,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints or None),
+        ),
+    )
+
+
+def open_tracking(req: TrainRequest, uri: str, name: str, resume_id: str | None) -> str:
+    """Create the MLflow run (params, config artifact), or continue `resume_id`."""
+    params = tracking.run_params(flatten(req.cfg), shards_uri=req.data)
+    tags = {"avtime.preset": req.cfg.preset, "avtime.run_name": name}
+    run_id = tracking.open_run(
+        uri=uri, experiment=req.experiment, run_name=name, params=params, tags=tags,
+        run_id=resume_id,
+    )  # fmt: skip
+    if resume_id is None:
+        with tempfile.TemporaryDirectory(prefix="avtime-") as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(dump_yaml(req.cfg))
+            tracking.log_artifact_file(uri, run_id, path, "config")
+    return run_id
+
+
+def train(req: TrainRequest) -> TrainOutcome:
+    """Run (or resume) one training job to `cfg.train.steps`; see the module docstring."""
+    uri = req.tracking_uri or tracking.tracking_uri(req.workdir or None)
+    per_epoch = examples_per_epoch(req.data, req.cfg.data)
+    check_sample_rate(req.data, req.cfg)
+    ensure_ray(req.cfg.train)
+    where, name = storage_for(req), run_name(req)
+    run_dir = f"{where.path.rstrip('/')}/{name}"
+    latest = checkpoint.find_latest(where.fs, run_dir)
+    run_id = open_tracking(req, uri, name, latest[1].mlflow_run_id if latest else None)
+    job = JobSpec(
+        tracking_uri=uri, run_id=run_id, examples_per_epoch=per_epoch, fit_start_unix=time.time()
+    )
+    factory = StreamFactory(req.data, req.cfg, where.fs, run_dir, per_epoch)
+    trainer = build_trainer(req, job, where, name, factory)
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracking.finish_run(uri, run_id, status="FAILED")
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} ended without a checkpoint in {where.uri}")
+    ckpt_uri = where.uri_of(result.checkpoint.path)
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if _is_number(v)}
+    tracking.set_tag(uri, run_id, "avtime.checkpoint", ckpt_uri)
+    return TrainOutcome(
+        mlflow_run_id=run_id, tracking_uri=uri, checkpoint=ckpt_uri, run_name=name, metrics=metrics
+    )
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
