@@ -5,16 +5,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= demo_out
+# The lock files, both written by `make lock` from pyproject.toml:
+#   requirements.lock      [project] dependencies + the aws extra: what infra/Dockerfile installs
+#   requirements-dev.lock  the same pins + the dev extra: what `make install` installs
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --quiet \
+	--custom-compile-command 'make lock'
 
-.PHONY: install demo test test-fast lint typecheck bench clean
+.PHONY: install lock demo test test-fast lint typecheck bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Everything from the lock, then avtime itself without resolving again; `pip check` fails when
+# pyproject.toml asks for something the lock lacks.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -r $(DEV_LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check || { echo "pyproject.toml and $(DEV_LOCK) disagree: run make lock" >&2; exit 1; }
 	touch $(STAMP)
+
+# Rewrite both lock files from pyproject.toml. Pins that still satisfy pyproject.toml are kept;
+# `make lock UPGRADE=1` moves every package to the newest allowed version. The dev lock is
+# compiled under the image's pins (-c), so the packages the two share have the same versions.
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install -q "$$(grep -m1 -o '^uv==[^ ;]*' $(DEV_LOCK) || echo uv)"
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) --extra aws -o $(LOCK)
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) --extra aws --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
 demo: install
 	$(BIN)/avtime demo --workdir $(WORKDIR)

@@ -9,6 +9,10 @@
 #
 #   eval "$(infra/local_stack.sh start)"             start and export in one go
 #
+# Exit status: 0 done; 1 a server did not start or stop; 2 usage error (unknown command or
+# component, extra arguments; nothing is started, stopped or printed on stdout); 3 `status` with
+# at least one component stopped.
+#
 # Settings (environment; defaults in brackets):
 #   AVTIME_STACK_DIR      state, data, logs, PIDs and generated credentials
 #                         [${XDG_STATE_HOME:-~/.local/state}/avtime-stack]
@@ -48,6 +52,8 @@ ALL=(s3 mlflow ray)
 
 log() { echo "local_stack: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; }
+usage_error() { log "error: $*"; usage; exit 2; }
 
 need() {  # need NAME: the executable NAME from $BIN, or die naming what to install
   [[ -x "$BIN/$1" ]] || die "$BIN/$1 not found: set AVTIME_BIN, or install avtime's dev extra"
@@ -205,29 +211,32 @@ status() {
   return "$code"
 }
 
-pick() {  # pick ARGS...: the components named (default all), checked
-  local chosen=("$@")
-  [[ ${#chosen[@]} -gt 0 ]] || chosen=("${ALL[@]}")
-  for c in "${chosen[@]}"; do
-    [[ " ${ALL[*]} " == *" $c "* ]] || die "unknown component '$c' (choose from: ${ALL[*]})"
-  done
-  echo "${chosen[@]}"
-}
-
 main() {
   local cmd="${1:-}"; shift || true
+  # Check every argument before touching anything: a usage error starts, stops, creates and
+  # prints (on stdout) nothing, so `eval "$(local_stack.sh start typo)"` evaluates nothing.
+  local chosen=()
   case "$cmd" in
-    start|stop|status|env) mkdir -p "$DIR"; chmod 700 "$DIR" ;;
-    *) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    start|stop)
+      chosen=("$@")
+      [[ ${#chosen[@]} -gt 0 ]] || chosen=("${ALL[@]}")
+      for c in "${chosen[@]}"; do
+        [[ " ${ALL[*]} " == *" $c "* ]] \
+          || usage_error "unknown component '$c' (choose from: ${ALL[*]})"
+      done ;;
+    status|env) [[ $# -eq 0 ]] || usage_error "'$cmd' takes no arguments (got: $*)" ;;
+    -h|--help|help) usage 2>&1; exit 0 ;;
+    "") usage_error "no command" ;;
+    *) usage_error "unknown command '$cmd'" ;;
   esac
+  mkdir -p "$DIR"; chmod 700 "$DIR"
   case "$cmd" in
     start)
-      for c in $(pick "$@"); do
+      for c in "${chosen[@]}"; do
         if [[ -n "$(pid_of "$c")" ]]; then log "$c: already running"; else "start_$c"; fi
       done
       print_env ;;
     stop)
-      local chosen; read -r -a chosen <<< "$(pick "$@")"
       for ((i = ${#chosen[@]} - 1; i >= 0; i--)); do stop_one "${chosen[i]}"; done ;;
     status) status ;;
     env) print_env ;;
