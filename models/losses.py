@@ -378,14 +378,18 @@ def _push_queue(
     audio_global: Tensor,
     src: Tensor | None = None,
 ) -> None:
-    """Push the gathered clip-1 embeddings of each enabled space (audio only where present),
-    with their gathered source keys `src` [W * B] when the batch has them."""
+    """Push the gathered clip-1 embeddings of each enabled space, with their gathered source
+    keys `src` [W * B] when the batch has them. Both video-audio banks take only the rows that
+    have audio (`audio_global` [W * B] bool), so the va space never holds a video whose sound
+    the term never saw, and its two banks stay row-aligned."""
     if queue.size == 0:
         return
     if "emb_vv" in outputs:
         queue.push("vv", gather_no_grad(outputs["emb_vv"][:, 0].float()), src)
     if "emb_va_video" in outputs and "emb_va_audio" in outputs:
-        queue.push("va_video", gather_no_grad(outputs["emb_va_video"][:, 0].float()), src)
+        video = gather_no_grad(outputs["emb_va_video"][:, 0].float())
         audio = gather_no_grad(outputs["emb_va_audio"][:, 0].float())
         keep = audio_global.to(audio.device)
-        queue.push("va_audio", audio[keep], None if src is None else src[keep])
+        kept_src = None if src is None else src[keep.to(src.device)]
+        queue.push("va_video", video[keep], kept_src)
+        queue.push("va_audio", audio[keep], kept_src)

@@ -253,9 +253,12 @@ def test_total_loss_fills_the_queue_after_reading_it() -> None:
     _, plain = total_loss(out, batch, LossConfig(temperature=TAU, queue_size=0, knn_k=0))
     # The first call saw an empty queue, so it equals the queue-free loss.
     assert first["loss_vv"].item() == pytest.approx(plain["loss_vv"].item(), rel=1e-6)
-    assert queue.count("vv") == b and queue.count("va_video") == b and queue.count("va_audio") == 3
+    # Both video-audio banks take only the 3 rows with audio, row-aligned (docs/method.md).
+    assert queue.count("vv") == b and queue.count("va_video") == queue.count("va_audio") == 3
     expected = F.normalize(out["emb_va_audio"][has_audio.bool(), 0].detach(), dim=1)
     torch.testing.assert_close(queue.get("va_audio"), expected)
+    expected = F.normalize(out["emb_va_video"][has_audio.bool(), 0].detach(), dim=1)
+    torch.testing.assert_close(queue.get("va_video"), expected)
     _, second = total_loss(out, batch, cfg, queue, update_queue=False)
     assert second["loss_vv"].item() != pytest.approx(first["loss_vv"].item())
     assert queue.count("vv") == b

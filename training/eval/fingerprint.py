@@ -27,6 +27,8 @@ from avtime.pipelines.datasets.distortions import Distortion, distortion_set
 from avtime.training.eval.cache import ensure_shards
 from avtime.training.eval.features import ClipFeatures, extract_shard_features
 from avtime.training.eval.linear import average_by_group
+from avtime.training.eval.metrics import target_rank
+from avtime.training.eval.model_io import RANDOM, build_model
 from avtime.training.eval.protocols import EvalContext
 
 
@@ -140,7 +142,7 @@ def per_distortion_scores(
         q = F.normalize(q_emb[[qi[x.source] for x in mine]], dim=1)
         target = torch.tensor([gi[x.label] for x in mine])
         sim = q @ g.T
-        rank = 1 + (sim > sim.gather(1, target[:, None])).sum(dim=1)
+        rank = target_rank(sim, target)  # ties count against the query
         out[name] = {
             "R@1": float((rank == 1).sum()) / total,
             "mAP": float((1.0 / rank.double()).sum()) / total,
@@ -164,20 +166,29 @@ def run_fingerprint(ctx: EvalContext, fp: FingerprintConfig) -> dict[str, Any]:
         queries, name=f"{name}-fpqueries", cache=ctx.cache, cfg=ctx.ingest, workers=ctx.workers
     )
     lm = ctx.loaded
-    g_feats = extract_shard_features(
-        g_shards.uri, lm.model, lm.cfg.model, ctx.clip, modalities, ctx.extract
-    )
-    q_feats = extract_shard_features(
-        q_shards.uri, lm.model, lm.cfg.model, ctx.clip, modalities, ctx.extract
-    )
-    g_keys, g_emb = av_embeddings(g_feats)
-    q_keys, q_emb = av_embeddings(q_feats)
-    scores = per_distortion_scores(g_keys, g_emb, queries, q_keys, q_emb, [s.name for s in specs])
+    names = [s.name for s in specs]
+
+    def scores_of(model: Any) -> tuple[dict[str, dict[str, float]], int, int]:
+        g_feats = extract_shard_features(
+            g_shards.uri, model, lm.cfg.model, ctx.clip, modalities, ctx.extract
+        )
+        q_feats = extract_shard_features(
+            q_shards.uri, model, lm.cfg.model, ctx.clip, modalities, ctx.extract
+        )
+        g_keys, g_emb = av_embeddings(g_feats)
+        q_keys, q_emb = av_embeddings(q_feats)
+        scores = per_distortion_scores(g_keys, g_emb, queries, q_keys, q_emb, names)
+        return scores, len(g_keys), len(q_keys)
+
+    scores, n_gallery, n_queries = scores_of(lm.model)
     mild = [scores[s.name]["R@1"] for s in specs if s.strength == "mild"]
-    return {
+    out: dict[str, Any] = {
         "per_distortion": scores,
-        "gallery": len(g_keys),
-        "queries": len(q_keys),
+        "gallery": n_gallery,
+        "queries": n_queries,
         "mild_mean_R@1": sum(mild) / len(mild) if mild else float("nan"),
         "modalities": list(modalities),
     }
+    if lm.checkpoint != RANDOM:  # the same protocol on a random init of the same model
+        out["random_init"] = {"per_distortion": scores_of(build_model(lm.cfg, fp.seed))[0]}
+    return out

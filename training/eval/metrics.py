@@ -3,6 +3,11 @@
 `recall_at_k`: class-level retrieval (a query hits when its class is among the top-k gallery
 items). `instance_retrieval`: each query has exactly one true gallery item (fingerprinting), so
 R@1 is whether it ranks first and AP is 1 / rank of the true item (mAP = mean over queries).
+
+Ties are broken against the query (pessimistically): a gallery item whose score equals a
+relevant item's ranks before it. So an encoder that maps everything to one embedding scores
+R@1 = 0, never 1.0. With this rule AP equals scikit-learn's `average_precision_score`, which
+the tests check.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ def cosine_similarity(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Ten
     return q @ g.T
 
 
-def _ranking(sim: torch.Tensor) -> torch.Tensor:
-    """Gallery indices [Q, G] by decreasing similarity; ties broken by the lower index."""
-    # A stable sort on -sim keeps equal scores in gallery order.
-    return torch.sort(-sim.double(), dim=1, stable=True).indices
+def _ranking(sim: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """Gallery indices [Q, G] by decreasing similarity; among equal scores the items that are
+    not `relevant` [Q, G] bool come first (ties count against the query)."""
+    by_relevance = torch.sort(relevant.to(torch.int8), dim=1, stable=True).indices
+    scores = sim.double().gather(1, by_relevance)
+    order = torch.sort(-scores, dim=1, stable=True).indices
+    return by_relevance.gather(1, order)
 
 
 def recall_at_k(
@@ -38,8 +46,9 @@ def recall_at_k(
     """
     if queries.shape[0] == 0 or gallery.shape[0] == 0:
         raise ValueError("retrieval needs at least one query and one gallery item")
-    ranked = _ranking(cosine_similarity(queries, gallery))
-    hits = gallery_labels[ranked] == query_labels[:, None]  # [Q, G]
+    relevant = gallery_labels[None, :] == query_labels[:, None]  # [Q, G]
+    ranked = _ranking(cosine_similarity(queries, gallery), relevant)
+    hits = relevant.gather(1, ranked)  # [Q, G] in ranked order
     out: dict[str, float] = {}
     for k in ks:
         kk = min(k, gallery.shape[0])
@@ -55,11 +64,15 @@ def instance_retrieval(
     queries [Q, F], gallery [G, F], targets [Q] int in [0, G). AP of a query with one relevant
     item is 1 / (its rank), so mAP is the mean reciprocal rank.
     """
-    sim = cosine_similarity(queries, gallery)
-    target_sim = sim.gather(1, targets[:, None])  # [Q, 1]
-    # rank = 1 + number of gallery items strictly better (ties count in the query's favour).
-    rank = 1 + (sim > target_sim).sum(dim=1)
+    rank = target_rank(cosine_similarity(queries, gallery), targets)
     return {
         "R@1": float((rank == 1).float().mean()),
         "mAP": float((1.0 / rank.double()).mean()),
     }
+
+
+def target_rank(sim: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank [Q] of each query's one true item `targets` [Q] among similarities [Q, G]:
+    1 + the number of other gallery items scoring at least as high (ties count against it)."""
+    target_sim = sim.gather(1, targets[:, None])  # [Q, 1]
+    return (sim >= target_sim).sum(dim=1)

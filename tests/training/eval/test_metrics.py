@@ -30,13 +30,13 @@ def test_recall_at_k_matches_hand_computation() -> None:
     g, gy = _gallery()
     # q0 (class 1): cosines g0 .995, g2 .777, g1 .0995, g3 -.995 -> classes 0,1,1,2: first hit @2.
     # q1 (class 2): g3 is nearest -> hit @1.
-    # q2 (class 0): (0,-1): cosines g0 0, g1 -1, g2 -.707, g3 0 -> order g0 (tie, lower index), g3
-    #   -> class 0 at rank 1.
+    # q2 (class 0): (0,-1): cosines g0 0, g1 -1, g2 -.707, g3 0 -> g0 and g3 tie; ties count
+    #   against the query, so g3 (class 2) ranks first -> class 0 at rank 2.
     # q3 (class 2): (0,1): g1 1, g2 .707, g0 0, g3 0 -> classes 1,1,0,2: first hit @4.
     q = torch.tensor([[1.0, 0.1], [-1.0, 0.05], [0.0, -1.0], [0.0, 1.0]])
     qy = torch.tensor([1, 2, 0, 2])
     r = recall_at_k(q, qy, g, gy, ks=(1, 2, 3, 4, 20))
-    assert r == {"R@1": 0.5, "R@2": 0.75, "R@3": 0.75, "R@4": 1.0, "R@20": 1.0}
+    assert r == {"R@1": 0.25, "R@2": 0.75, "R@3": 0.75, "R@4": 1.0, "R@20": 1.0}
 
 
 def test_recall_is_scale_invariant_and_monotone() -> None:
@@ -128,3 +128,54 @@ def test_probe_picks_a_strong_penalty_when_videos_share_nuisances() -> None:
     # With an empty grid (or too few videos for the folds) the fixed weight is used.
     assert fit_probe(x, y, groups, 2, LinearProbeConfig(l2=0.5, l2_grid=()))[1] == 0.5
     assert fit_probe(x[:16], y[:16], groups[:16], 2, LinearProbeConfig(l2=0.5))[1] == 0.5
+
+
+def test_a_collapsed_encoder_scores_no_better_than_chance() -> None:
+    """Identical embeddings tie everywhere; ties count against the query, so nothing is
+    retrieved at rank 1 (breaking ties in the query's favour gave R@1 = 1.0)."""
+    same = torch.ones(6, 4)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert recall_at_k(same, labels, same, labels, ks=(1, 4, 5))["R@1"] == 0.0
+    assert recall_at_k(same, labels, same, labels, ks=(1, 4, 5))["R@5"] == 1.0
+    inst = instance_retrieval(same, same, torch.arange(6))
+    assert inst["R@1"] == 0.0 and inst["mAP"] == pytest.approx(1 / 6)
+
+
+def test_map_matches_scikit_learn_with_ties() -> None:
+    """Per query AP (one true item) equals sklearn's average_precision_score, ties included."""
+    from sklearn.metrics import average_precision_score
+
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randint(0, 3, (25, 3), generator=gen).float() + 0.1  # coarse: many exact ties
+    q = torch.randint(0, 3, (12, 3), generator=gen).float() + 0.1
+    targets = torch.randint(0, 25, (12,), generator=gen)
+    sim = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(g, dim=1).T
+    expected = [
+        average_precision_score((torch.arange(25) == t).int().numpy(), s.numpy())
+        for s, t in zip(sim, targets)
+    ]
+    got = instance_retrieval(q, g, targets)
+    assert got["mAP"] == pytest.approx(sum(expected) / len(expected))
+    hits_at_1 = [a == 1.0 for a in expected]  # AP 1 <=> ranked first with nothing tied
+    assert got["R@1"] == pytest.approx(sum(hits_at_1) / len(hits_at_1))
+
+
+def test_recall_at_k_matches_a_brute_force_pessimistic_count() -> None:
+    """R@k against an independent count: a query hits at k when its best relevant item's rank,
+    counting every irrelevant item that scores at least as high, is at most k."""
+    gen = torch.Generator().manual_seed(5)
+    g = torch.randint(0, 3, (20, 2), generator=gen).float() + 0.1
+    q = torch.randint(0, 3, (15, 2), generator=gen).float() + 0.1
+    gy, qy = torch.randint(0, 4, (20,), generator=gen), torch.randint(0, 4, (15,), generator=gen)
+    sim = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(g, dim=1).T
+    for k in (1, 3, 7):
+        hits = 0
+        for i in range(15):
+            rel = gy == qy[i]
+            if not rel.any():
+                continue
+            best = sim[i][rel].max()
+            # the best relevant item's pessimistic rank: everything irrelevant scoring >= it
+            rank = int((sim[i][~rel] >= best).sum()) + 1
+            hits += rank <= k
+        assert recall_at_k(q, qy, g, gy, ks=(k,))[f"R@{k}"] == pytest.approx(hits / 15)

@@ -163,16 +163,24 @@ def test_audio_esc50_five_folds(
 
 
 def test_fingerprint_vggsound_mild(
-    trees: dict[str, Path], env: Path, capsys: pytest.CaptureFixture[str]
+    trees: dict[str, Path],
+    env: Path,
+    pretrained: tuple[Path, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    r = _eval(capsys, "fingerprint", "--checkpoint", "random", "--dataset", "vggsound",
-              "--root", str(trees["vggsound"]), "--distortions", "mild")  # fmt: skip
+    """A checkpoint's fingerprint scores come with random init's, per distortion."""
+    r = _eval(capsys, "fingerprint", "--checkpoint", str(pretrained[0]), "--dataset",
+              "vggsound", "--root", str(trees["vggsound"]), "--distortions", "mild")  # fmt: skip
     per = r["per_distortion"]
     assert set(per) == {
         "reencode", "resize", "crop", "blur", "brightness_contrast", "fps", "audio_noise",
         "temporal_crop",
     }  # fmt: skip
     for scores in per.values():
+        assert 0.0 <= scores["R@1"] <= scores["mAP"] <= 1.0
+    random_per = r["random_init"]["per_distortion"]
+    assert set(random_per) == set(per)
+    for scores in random_per.values():
         assert 0.0 <= scores["R@1"] <= scores["mAP"] <= 1.0
     assert r["gallery"] == 2 and r["queries"] == 16
     files = list(env.glob("vggsound-fpfiles-*/*/*.mp4"))
