@@ -6,14 +6,27 @@ Frozen, keyword-only dataclasses, validated in `__post_init__` (ValueError names
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 SPEEDS_ALLOWED = (1, 2, 4, 8)
 # The stored audio rate when nothing else says: ingest's default, and the rate an audio-less row
 # (which stores sample_rate 0) is planned at. A model reads its rate from its own config
 # (`model.sample_rate`); `avtime train` refuses shards whose rate differs from it.
 DEFAULT_SAMPLE_RATE = 16000
+
+
+def check_finite(cfg: Any) -> None:
+    """Raise ValueError naming every float field of dataclass `cfg` that is NaN or infinite
+    (NaN slips past `x <= 0` checks and would reach manifest.json as bare `NaN`)."""
+    bad = [
+        f.name
+        for f in fields(cfg)
+        if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name))
+    ]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} must be finite numbers, not NaN or infinity")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +46,11 @@ class IngestConfig:
     rows_per_row_group: int = 8
 
     def __post_init__(self) -> None:
+        check_finite(self)
+        if self.rows_per_shard < 1 or self.rows_per_row_group < 1 or self.file_timeout_s <= 0:
+            raise ValueError(
+                "rows_per_shard and rows_per_row_group must be >= 1, file_timeout_s > 0"
+            )
         if self.fps <= 0 or self.short_side < 16 or self.sample_rate < 4000:
             raise ValueError("fps must be > 0, short_side >= 16 and sample_rate >= 4000")
         if self.segment_seconds <= 0:
@@ -53,6 +71,7 @@ class PretextConfig:
     short_segment_rule: Literal["restrict", "skip"] = "restrict"
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.clip_frames < 2:
             raise ValueError(f"clip_frames must be >= 2, got {self.clip_frames}")
         bad = [s for s in self.speeds if s not in SPEEDS_ALLOWED]
@@ -75,6 +94,7 @@ class AugmentConfig:
     audio_noise: float = 0.0  # std of added white noise relative to clip RMS, 0 = off
 
     def __post_init__(self) -> None:
+        check_finite(self)
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
@@ -96,6 +116,7 @@ class StreamConfig:
     nice: int = 19
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.batch_size < 1 or self.rows_per_task < 1 or self.examples_per_row < 1:
             raise ValueError("batch_size, rows_per_task and examples_per_row must be >= 1")
         if self.cpus_per_task <= 0:

@@ -8,6 +8,7 @@ key and value, and applies `--set a.b=c` overrides. Errors name the key and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -84,14 +85,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             as_float = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: {value!r} is not an integer") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise ConfigError(f"{key}: {value!r} is not an integer")
         return int(as_float)
     if tp is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -191,11 +195,28 @@ def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def load_yaml(cls: type[T], path: str | Path, base: T | None = None) -> T:
-    """Load a YAML file into `cls`. With `base`, the file's keys override `base`'s values."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file; ConfigError (one line, with the position) when the
+    file cannot be read, does not parse, or holds something else."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML does not parse{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path, base: T | None = None) -> T:
+    """Load a YAML file into `cls`. With `base`, the file's keys override `base`'s values."""
+    data = read_yaml(path)
     if base is None:
         return from_dict(cls, data)
     merged = _merge(to_dict(base), data)

@@ -112,7 +112,7 @@ def build_manifest(
 
 def manifest_to_bytes(doc: dict[str, Any]) -> bytes:
     """Stable JSON encoding of a manifest (sorted keys inside `config`)."""
-    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
+    return (json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def parse_manifest(data: bytes | str) -> dict[str, Any]:

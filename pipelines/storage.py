@@ -14,6 +14,7 @@ upload, which S3 publishes atomically).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -30,8 +31,43 @@ CHECK_TIMEOUT_S = 8.0  # the up-front check of SRC/DST gives up sooner than data
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
+# Error types (by name: botocore, aiohttp, urllib3, builtins) that mean "S3 did not answer".
+S3_UNREACHABLE = (
+    "EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+    "ServerDisconnectedError", "ConnectionRefusedError", "ReadTimeoutError",
+    "ConnectionClosedError",
+)  # fmt: skip
+
+
 class StorageError(RuntimeError):
     """A storage location cannot be reached, read or written. The message says what to check."""
+
+
+def redacted_endpoint() -> str:
+    """The S3 endpoint for messages: user info (a password) replaced by `***`."""
+    url = endpoint_url()
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def s3_unreachable(exc: BaseException) -> str | None:
+    """The name of the first error in `exc`'s chain (Ray's `.cause`, `__cause__`,
+    `__context__`) that means S3 did not answer, or None. A Ray task's error arrives as text
+    (the remote traceback inside the RayTaskError's message), so the messages are read too."""
+    pattern = re.compile(r"\b(" + "|".join(S3_UNREACHABLE) + r")\b")
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        names = [c.__name__ for c in type(cur).__mro__]
+        found = [n for n in names if n in S3_UNREACHABLE] or pattern.findall(str(cur))
+        if found:
+            return str(found[0])
+        nxt = getattr(cur, "cause", None)
+        cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
+    return None
 
 
 def is_s3(uri: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from avtime.models.config import LossConfig, ModelConfig
 from avtime.pipelines.config import AugmentConfig, DataConfig, PretextConfig, StreamConfig
-from avtime.pipelines.configlib import ConfigError, apply_overrides, load_yaml
+from avtime.pipelines.configlib import ConfigError, apply_overrides, load_yaml, read_yaml
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +72,15 @@ class RunConfig:
 
 
 def paper() -> RunConfig:
-    """R(2+1)D-18 + ResNet-18 audio, 16x112^2 clips, speeds 1/2/4/8, all losses, multi-GPU."""
+    """R(2+1)D-18 + ResNet-18 audio, 16x112^2 clips, speeds 1/2/4/8, all losses, multi-GPU.
+
+    The 16-frame clips and the speeds come from the authors' ECCV'20 work; the other values are
+    reconstructions (docs/training.md, "Presets"). The audio clip, 0.64 s, is a choice: it spans
+    what a 16-frame clip spans at 25 fps, and on 10 s segments it keeps every speed with the
+    fewest speed tuples excluded (207 of 256 feasible; 1.0 s: 167; 1.28 s and 2 s drop x8).
+    Switch it with `--set data.pretext.audio_seconds=2.0` (peers' length; preprocess with
+    `--segment-seconds 20` to keep x8).
+    """
     return RunConfig(
         preset="paper",
         data=DataConfig(
@@ -174,10 +182,13 @@ def load_run_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConf
         path = Path(name_or_path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        import yaml
-
-        raw = yaml.safe_load(path.read_text()) or {}
-        base_name = raw.get("preset") if isinstance(raw, dict) else None
+        raw = read_yaml(path)
+        base_name = raw.get("preset", "custom")
+        if base_name != "custom" and base_name not in PRESETS:
+            raise ConfigError(
+                f"{path}: preset: {base_name!r} is not one of {sorted(PRESETS)} (or leave it out "
+                "to start from the defaults)"
+            )
         base = PRESETS[base_name]() if base_name in PRESETS else RunConfig()
         cfg = load_yaml(RunConfig, path, base=base)
     else:

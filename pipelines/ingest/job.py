@@ -22,6 +22,7 @@ from typing import Any
 from avtime.pipelines import schema, storage
 from avtime.pipelines.config import IngestConfig
 from avtime.pipelines.ingest.listing import InputItem, list_inputs
+from avtime.pipelines.ingest.lock import DestinationLock, LockError
 from avtime.pipelines.ingest.worker import PROGRESS_DIR, TMP_DIR, map_groups, marker_name
 
 RESUME_KEYS_IGNORED = ("max_reject_fraction", "file_timeout_s")
@@ -46,6 +47,7 @@ class IngestResult:
     skipped_inputs: int = 0  # done by an earlier run
     run_video_seconds: float = 0.0  # decoded by this run
     not_media: int = 0  # files in SRC that were not listed for their extension
+    labelled: int | None = None  # inputs a --labels row matched (None without --labels)
     shards: list[dict[str, Any]] = field(default_factory=list)
     reject_types: dict[str, int] = field(default_factory=dict)
 
@@ -59,6 +61,7 @@ class IngestResult:
         rate = self.run_video_seconds / wall
         run_inputs = self.inputs - self.skipped_inputs
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.reject_types.items()))
+        matched = "" if self.labelled is None else f"; --labels matched {self.labelled} inputs"
         return (
             f"preprocess: {self.inputs} inputs -> {self.rows} rows from "
             f"{self.sources_with_rows} sources, {self.rejects} rejects"
@@ -66,6 +69,7 @@ class IngestResult:
             f"{self.skipped_inputs} already done; {self.video_seconds:.1f} s of video; "
             f"this run: {run_inputs} inputs, {self.run_video_seconds:.1f} s of video in "
             f"{self.wall_s:.1f} s ({rate:.1f} s of video/s, {run_inputs / wall:.2f} inputs/s)"
+            f"{matched}"
         )
 
 
@@ -108,7 +112,7 @@ def _check_config(dst: str, cfg: IngestConfig) -> None:
                 "Use the same settings to resume, or a fresh DST."
             )
     else:
-        storage.write_bytes(uri, json.dumps(wanted, indent=1).encode())
+        storage.write_bytes(uri, json.dumps(wanted, indent=1, allow_nan=False).encode())
 
 
 def _clean_orphans(dst: str, markers: list[dict[str, Any]]) -> int:
@@ -164,6 +168,13 @@ def _run_groups(
     try:
         return [json.loads(row["marker"]) for row in ds.iter_rows()]
     except Exception as exc:  # noqa: BLE001
+        unreachable = storage.s3_unreachable(exc) if storage.is_s3(dst) else None
+        if unreachable is not None:
+            raise IngestError(
+                f"S3 at {storage.redacted_endpoint()} stopped answering while the ingest tasks "
+                f"read inputs and wrote shards to {dst} ({unreachable}); once it is back, rerun "
+                "the same command to resume"
+            ) from None
         cause = exc
         while getattr(cause, "cause", None) is not None:
             cause = cause.cause  # type: ignore[attr-defined]
@@ -250,6 +261,19 @@ def run_ingest(
     storage.check_location(dst, must_exist=False)
     items, not_media = list_inputs(src, labels)
     storage.makedirs(dst)
+    with DestinationLock(dst):
+        res = _run_locked(dst, cfg, items, workers, cpus_per_task)
+    res.not_media = not_media
+    if labels:
+        res.labelled = sum(it.label is not None for it in items)
+    res.wall_s = time.monotonic() - t_start
+    return res
+
+
+def _run_locked(
+    dst: str, cfg: IngestConfig, items: list[InputItem], workers: int, cpus_per_task: float
+) -> IngestResult:
+    """The job's writes, done while this run holds DST's lock."""
     _check_config(dst, cfg)
     markers = _read_markers(dst)
     _clean_orphans(dst, markers)
@@ -266,9 +290,7 @@ def run_ingest(
     if not storage.is_s3(dst):
         shutil.rmtree(os.path.join(dst, TMP_DIR), ignore_errors=True)
     res.skipped_inputs = len(items) - len(pending)
-    res.not_media = not_media
-    res.wall_s = time.monotonic() - t_start
     return res
 
 
-__all__ = ["IngestError", "IngestResult", "marker_name", "run_ingest"]
+__all__ = ["IngestError", "IngestResult", "LockError", "marker_name", "run_ingest"]

@@ -27,6 +27,10 @@ MEDIA_EXTENSIONS = frozenset(
     ".mp4 .m4v .mkv .webm .avi .mov .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .vob .mxf "
     ".dv .asf".split()
 )
+# Audio-only files are listed too, so that each becomes a reject (NoVideoStream) in the ledger
+# instead of vanishing: every input a user hands over is accounted for.
+AUDIO_EXTENSIONS = frozenset(".m4a .mp3 .wav .flac .aac .ogg .oga .opus .wma .aif .aiff".split())
+INPUT_EXTENSIONS = MEDIA_EXTENSIONS | AUDIO_EXTENSIONS
 LISTING_EXTENSIONS = (".csv", ".jsonl", ".ndjson")
 URI_KEYS = ("uri", "path", "source", "file", "filename", "video")
 START_KEYS = ("start_s", "start", "time_start", "start_seconds")
@@ -83,6 +87,11 @@ def list_inputs(src: str, labels_csv: str | None = None) -> tuple[list[InputItem
         items, skipped = _scan(src)
     if labels_csv:
         items = _apply_labels(items, src, _read_labels(labels_csv))
+        if items and not any(it.label is not None for it in items):
+            raise ListingError(
+                f"labels {labels_csv}: no row matches any of the {len(items)} inputs (rows are "
+                "matched by full URI, path relative to SRC, file name or file stem)"
+            )
     seen: set[str] = set()
     unique = []
     for it in items:
@@ -93,7 +102,7 @@ def list_inputs(src: str, labels_csv: str | None = None) -> tuple[list[InputItem
 
 
 def _scan(src: str) -> tuple[list[InputItem], int]:
-    if PurePosixPath(src).suffix.lower() in MEDIA_EXTENSIONS and (
+    if PurePosixPath(src).suffix.lower() in INPUT_EXTENSIONS and (
         os.path.isfile(src) or (storage.is_s3(src) and storage.exists(src))
     ):  # a single video
         return [InputItem(source=src if storage.is_s3(src) else os.path.abspath(src))], 0
@@ -102,7 +111,7 @@ def _scan(src: str) -> tuple[list[InputItem], int]:
             f"SRC {src} is neither a folder, an s3:// prefix, nor a .csv/.jsonl listing"
         )
     files = storage.list_files(src if storage.is_s3(src) else os.path.abspath(src))
-    media = [f for f in files if PurePosixPath(f).suffix.lower() in MEDIA_EXTENSIONS]
+    media = [f for f in files if PurePosixPath(f).suffix.lower() in INPUT_EXTENSIONS]
     media = [f for f in media if not PurePosixPath(f).name.startswith(".")]
     return [InputItem(source=f) for f in media], len(files) - len(media)
 
@@ -112,15 +121,26 @@ def _rows(src: str) -> list[dict[str, Any]]:
         text = storage.read_bytes(src).decode("utf-8-sig")
     except FileNotFoundError:
         raise ListingError(f"listing {src} does not exist") from None
-    if src.lower().endswith(".csv"):
+    except UnicodeDecodeError as exc:
+        raise ListingError(
+            f"{src} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+    if not src.lower().endswith((".jsonl", ".ndjson")):
         return [dict(r) for r in csv.DictReader(io.StringIO(text))]
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ListingError(f"{src} line {n}: not JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise ListingError(
+                    f'{src} line {n}: expected a JSON object like {{"uri": ...}}, got '
+                    f"{type(row).__name__}"
+                )
+            rows.append(row)
     return rows
 
 
@@ -169,8 +189,15 @@ def _read_listing(src: str) -> list[InputItem]:
 
 
 def _read_labels(path: str) -> dict[str, tuple[str | None, str | None]]:
+    rows = _rows(path)
+    columns = {str(k).strip().lower() for row in rows[:1] for k in row}
+    if rows and (not columns & set(URI_KEYS) or "label" not in columns):
+        raise ListingError(
+            f"labels {path}: columns are {sorted(columns)}; expected path,label[,split] "
+            "(a header row naming a path column and a label column)"
+        )
     out = {}
-    for n, row in enumerate(_rows(path), 1):
+    for n, row in enumerate(rows, 1):
         key = _pick(row, URI_KEYS)
         if key is None:
             raise ListingError(f"labels {path} row {n}: needs a path column and a label column")

@@ -30,7 +30,7 @@ from avtime.pipelines import storage
 from avtime.pipelines.config import DEFAULT_SAMPLE_RATE, DataConfig
 from avtime.pipelines.pretext.clips import Example, make_example, row_geometry
 from avtime.pipelines.pretext.plan import audio_length
-from avtime.pipelines.schema import MANIFEST_NAME, is_shard_name, parse_manifest
+from avtime.pipelines.schema import MANIFEST_NAME, parse_manifest
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -49,13 +49,46 @@ LABEL_KEYS = (
 
 
 def shard_paths(shards_uri: str) -> list[str]:
-    """The shard files (`part-*.parquet`) under a local folder or s3:// prefix, sorted."""
-    paths = [p for p in storage.list_files(shards_uri) if is_shard_name(p)]
-    if not paths:
+    """The shards that `manifest.json` lists, as URIs in manifest order.
+
+    The manifest is the only truth: a `part-*.parquet` it does not list (a stray left by another
+    run) is never read, and a listed shard that is missing is an error naming it.
+    """
+    uri = storage.join(shards_uri, MANIFEST_NAME)
+    if not storage.exists(uri):
         raise FileNotFoundError(
-            f"no shards (part-*.parquet) under {shards_uri}; run `avtime preprocess SRC DST` first"
+            f"{shards_uri} has no {MANIFEST_NAME}: not a preprocessed dataset (or its preprocess "
+            f"did not finish); run `avtime preprocess SRC {shards_uri}` first"
         )
-    return paths
+    names = [str(entry["path"]) for entry in parse_manifest(storage.read_bytes(uri))["shards"]]
+    if not names:
+        raise FileNotFoundError(
+            f"{uri} lists no shards: every input was rejected (rejects.parquet)"
+        )
+    present = {f.replace(os.sep, "/").rsplit("/", 1)[-1] for f in storage.list_files(shards_uri)}
+    missing = [n for n in names if n.rsplit("/", 1)[-1] not in present]
+    if missing:
+        raise FileNotFoundError(
+            f"{shards_uri}: {len(missing)} of the {len(names)} shards that {MANIFEST_NAME} lists "
+            f"are missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+            f"`avtime verify {shards_uri}` checks the rest; preprocess again into a fresh folder"
+        )
+    return [storage.join(shards_uri, n) for n in names]
+
+
+def read_shard(path: str, fs: Any, columns: list[str]) -> pa.Table:
+    """`columns` of one shard; ValueError naming the shard when it is not readable Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(storage.s3_path(path) if storage.is_s3(path) else path,
+                             columns=columns, filesystem=fs)  # fmt: skip
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(
+            f"{path} is not a readable avtime shard ({' '.join(str(exc).split())[:200]}); "
+            "run `avtime verify` on the dataset"
+        ) from None
 
 
 def shards_sample_rate(shards_uri: str) -> int:
@@ -74,15 +107,13 @@ def segment_stats(
     """How the short-segment rule treats the shards' segments: counts of "ok", "restricted"
     (some large speeds dropped for that segment), "skipped" (no example drawn) and "no_audio".
     Reads only metadata columns."""
-    import pyarrow.parquet as pq
 
     sr = shards_sample_rate(shards_uri) if sample_rate is None else sample_rate
     fs, _ = storage.arrow_filesystem(shards_uri)
     counts = {"ok": 0, "restricted": 0, "skipped": 0, "no_audio": 0}
+    cols = ["num_frames", "fps", "sample_rate", "num_samples"]
     for p in shard_paths(shards_uri):
-        path = storage.s3_path(p) if storage.is_s3(p) else p
-        cols = ["num_frames", "fps", "sample_rate", "num_samples"]
-        for row in pq.read_table(path, columns=cols, filesystem=fs).to_pylist():
+        for row in read_shard(p, fs, cols).to_pylist():
             row["audio"] = b"" if row["num_samples"] > 0 else None
             _, table = row_geometry(row, cfg, sr)
             counts[table.status] += 1

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from collections.abc import Sequence
 
-from avtime.pipelines.configlib import ConfigError
+from avtime.training.cli.errors import one_line
 
 SUBCOMMANDS: dict[str, str] = {
     "synth": "write a synthetic audio-visual corpus of real mp4 files",
@@ -30,7 +31,9 @@ SUBCOMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per available subcommand."""
     parser = argparse.ArgumentParser(
-        prog="avtime", description="Audio-visual contrastive learning with temporal SSL on Ray."
+        prog="avtime",
+        description="Audio-visual contrastive learning with temporal SSL on Ray.",
+        epilog="Any subcommand takes --debug: print the traceback of an error, not one line.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
@@ -50,9 +53,21 @@ def _load(name: str):  # type: ignore[no-untyped-def]
         raise
 
 
+def non_finite_options(args: argparse.Namespace) -> str:
+    """`--name` of the first float option that is NaN or infinite (argparse's float() takes
+    "nan" and "inf"), or ''."""
+    for key, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return "--" + key.replace("_", "-")
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, dispatch, and turn config errors into a one-line message."""
+    """Entry point: parse, dispatch, and turn every failure into one line on stderr and a
+    non-zero exit (`--debug`, anywhere on the command line, adds the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if argv and argv[0] in SUBCOMMANDS and not any(a in ("-h", "--help") for a in argv[1:2]):
         parser = argparse.ArgumentParser(prog=f"avtime {argv[0]}")
         module = _load(argv[0])
@@ -72,11 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if module is None:
             print(f"avtime {args.command}: not available in this build", file=sys.stderr)
             return 2
-    try:
-        return int(module.run(args) or 0)
-    except ConfigError as exc:
-        print(f"avtime {args.command}: config error: {exc}", file=sys.stderr)
+    args.debug = debug
+    bad = non_finite_options(args)
+    if bad:
+        print(f"avtime {args.command}: {bad} must be a finite number", file=sys.stderr)
         return 2
+    return one_line(args.command, lambda: int(module.run(args) or 0), debug)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,14 @@ Rules:
 - `final` is the value at the last step; `best` is the minimum for loss-like metrics (the name
   contains loss, error, err, nll, perplexity or wer) and the maximum for all others.
 - Rows are sorted by `--sort` (a metric, meaning its best value, or a column such as
-  `loss:final` or `eval:top1`), best first; runs without that value go last.
+  `loss:final` or `eval:top1`), best first; runs without that value go last. `--by dataset`
+  groups them by training dataset first (groups in the order of their best row).
+- A training run's dataset is its MLflow dataset input of context `training`, shown as
+  `name@<first 8 digest chars>`. Runs that trained on different data (digests) are compared
+  with a warning.
+- Each run's checkpoints are its MLflow logged models; a model's evaluations are the metrics
+  other runs (`avtime eval`) logged against it. They are listed per model under the table,
+  and plotted against the checkpoint step.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from avtime.training.engine import lineage
 
 PARENT_TAG = "avtime.parent_run_id"
 KIND_TAG = "avtime.kind"
@@ -31,6 +40,17 @@ MAX_DEFAULT_METRICS = 4
 
 class CompareError(Exception):
     """A problem the user can fix; the message says what and how."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRow:
+    """One checkpoint of a training run (an MLflow logged model) and its evaluations."""
+
+    model_id: str
+    name: str
+    step: int
+    checkpoint: str
+    evals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +66,8 @@ class RunRow:
     best: dict[str, float] = field(default_factory=dict)
     evals: dict[str, float] = field(default_factory=dict)
     eval_run_ids: tuple[str, ...] = ()
+    dataset: str = ""  # training data: `name@digest[:8]`, "" when not logged
+    models: tuple[ModelRow, ...] = ()
 
     def value(self, column: str) -> float | None:
         """The value of a metric column: `m:final`, `m:best` or `eval:m`."""
@@ -65,6 +87,13 @@ class Comparison:
     metrics: list[str]
     eval_metrics: list[str]
     sort_column: str
+    by: str = ""  # "dataset": rows grouped by training dataset
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def show_dataset(self) -> bool:
+        """Whether any row has a training dataset (the column is left out otherwise)."""
+        return any(r.dataset for r in self.rows)
 
     def metric_columns(self) -> list[str]:
         cols = [f"{m}:{kind}" for m in self.metrics for kind in ("final", "best")]
@@ -215,6 +244,65 @@ def metric_summary(client: Any, run_id: str, metric: str) -> tuple[float | None,
     return float(last.value), best_of(metric, (float(m.value) for m in history))
 
 
+def training_dataset(run: Any) -> str:
+    """`name@<digest[:8]>` of the run's dataset input of context `training`, or ""."""
+    inputs = getattr(run, "inputs", None)
+    for item in getattr(inputs, "dataset_inputs", None) or []:
+        tags = {t.key: t.value for t in item.tags or []}
+        if tags.get(lineage.CONTEXT_TAG) == lineage.TRAINING:
+            return f"{item.dataset.name}@{item.dataset.digest[:8]}"
+    return ""
+
+
+def model_rows(client: Any, run: Any) -> tuple[ModelRow, ...]:
+    """The run's checkpoints (logged models, by step), each with the metrics other runs logged
+    against it (its evaluations; the newest value of each wins)."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = run.info.run_id
+    try:
+        models = lineage.run_models(client, run.info.experiment_id, run_id)
+    except MlflowException:  # a store without logged models
+        return ()
+    rows = []
+    for m in models:
+        evals: dict[str, float] = {}
+        for metric in sorted(m.metrics or [], key=lambda x: (x.timestamp, x.step)):
+            if metric.run_id and metric.run_id != run_id:
+                evals[metric.key] = float(metric.value)
+        rows.append(
+            ModelRow(
+                model_id=m.model_id,
+                name=m.name,
+                step=int(m.tags.get(lineage.STEP_TAG) or 0),
+                checkpoint=m.tags.get(lineage.CHECKPOINT_TAG, ""),
+                evals=evals,
+            )  # fmt: skip
+        )
+    return tuple(rows)
+
+
+def data_warnings(rows: Sequence[RunRow]) -> tuple[str, ...]:
+    """A warning when the rows trained on datasets with different digests."""
+    digests = {r.dataset.rpartition("@")[2] for r in rows if r.dataset}
+    if len(digests) < 2:
+        return ()
+    names = ", ".join(sorted({r.dataset for r in rows if r.dataset}))
+    return (
+        f"warning: these runs trained on different data ({names}); their training metrics "
+        "are not directly comparable (group them with --by dataset)",
+    )
+
+
+def group_rows(rows: list[RunRow], by: str) -> list[RunRow]:
+    """With `by` "dataset": rows grouped by training dataset, groups in order of their first
+    (best) row, the order kept within a group; else `rows` unchanged."""
+    if by != "dataset":
+        return rows
+    keys = list(dict.fromkeys(r.dataset for r in rows))
+    return [r for key in keys for r in rows if r.dataset == key]
+
+
 def summarise(client: Any, run: Any, metrics: Sequence[str], linked: Mapping[str, Any]) -> RunRow:
     """One RunRow: params, final and best of `metrics`, and the linked eval metrics."""
     final: dict[str, float] = {}
@@ -236,6 +324,8 @@ def summarise(client: Any, run: Any, metrics: Sequence[str], linked: Mapping[str
         best=best,
         evals=dict(evals),
         eval_run_ids=tuple(eval_ids),
+        dataset=training_dataset(run),
+        models=model_rows(client, run),
     )
 
 
@@ -248,11 +338,14 @@ def build_comparison(
     sort: str | None = None,
     params: Sequence[str] = (),
     max_runs: int = 200,
+    by: str = "",
 ) -> Comparison:
     """Fetch the runs of `experiment` and summarise them for the table and the plot."""
+    if by not in ("", "dataset"):
+        raise CompareError(f"--by {by!r}: only 'dataset' is supported")
     exp = get_experiment(client, experiment)
     found = search(client, [exp.experiment_id], filter_string, max_runs)
-    runs = [r for r in found if not is_eval_run(r)]
+    runs = [r for r in found if not is_eval_run(r) and r.data.tags.get(KIND_TAG) != "preprocess"]
     baselines = [baseline_row(r) for r in found if is_baseline(r)]
     if not runs and not baselines:
         where = f" matching {filter_string!r}" if filter_string else ""
@@ -267,11 +360,13 @@ def build_comparison(
         raise CompareError(f"--sort {sort}: no run has a value for {column}")
     return Comparison(
         experiment=experiment,
-        rows=sort_rows(rows, column) if column else rows,
+        rows=group_rows(sort_rows(rows, column) if column else rows, by),
         params=list(params) or differing_params([r.params for r in trained]),
         metrics=chosen,
         eval_metrics=eval_metrics,
         sort_column=column,
+        by=by,
+        warnings=data_warnings(trained),
     )
 
 
@@ -285,61 +380,119 @@ def fmt(value: Any, width: int = 32) -> str:
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
-def records(cmp: Comparison) -> list[dict[str, Any]]:
-    """The table as a list of dicts (for --format json/csv)."""
+def records(cmp: Comparison, models: bool = False) -> list[dict[str, Any]]:
+    """The table as a list of dicts (for --format json/csv); `models` adds each run's
+    checkpoints (logged models) with their evaluations."""
     out = []
     for i, row in enumerate(cmp.rows, 1):
         rec: dict[str, Any] = {"rank": i, "run": row.name, "run_id": row.run_id}
         rec["status"] = row.status
         rec.update({f"params.{p}": row.params.get(p) for p in cmp.params})
+        if cmp.show_dataset:
+            rec["dataset"] = row.dataset or None
         rec.update({c: row.value(c) for c in cmp.metric_columns()})
+        if models:
+            rec["models"] = [
+                {"model_id": m.model_id, "name": m.name, "step": m.step,
+                 "checkpoint": m.checkpoint, "evals": m.evals}
+                for m in row.models
+            ]  # fmt: skip
         out.append(rec)
     return out
 
 
-def render_table(cmp: Comparison) -> str:
-    """A plain-text table, one row per run, best first."""
-    header = ["#", "run", "id", "status", *cmp.params, *cmp.metric_columns()]
-    lines = [header]
-    for i, row in enumerate(cmp.rows, 1):
-        cells = [str(i), fmt(row.name, 24), row.run_id[:8], row.status]
-        cells += [fmt(row.params.get(p), 24) for p in cmp.params]
-        cells += [fmt(row.value(c)) for c in cmp.metric_columns()]
-        lines.append(cells)
-    widths = [max(len(line[j]) for line in lines) for j in range(len(header))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+def _title(cmp: Comparison) -> str:
     order = "lower" if lower_is_better(column_metric(cmp.sort_column)) else "higher"
     title = f"experiment {cmp.experiment!r}: {len(cmp.rows)} run(s)"
     if cmp.sort_column:
         title += f", sorted by {cmp.sort_column} ({order} is better)"
+    if cmp.by:
+        title += f", grouped by {cmp.by}"
     if not cmp.params:
         title += "; all params equal"
-    return "\n".join([title, *text])
+    return title
+
+
+def render_table(cmp: Comparison) -> str:
+    """A plain-text table, one row per run, best first (grouped under `--by dataset`), then
+    the warnings and each run's checkpoints with their evaluations."""
+    data_col = ["dataset"] if cmp.show_dataset else []
+    header = ["#", "run", "id", "status", *cmp.params, *data_col, *cmp.metric_columns()]
+    lines = [header]
+    for i, row in enumerate(cmp.rows, 1):
+        cells = [str(i), fmt(row.name, 24), row.run_id[:8], row.status]
+        cells += [fmt(row.params.get(p), 24) for p in cmp.params]
+        cells += [fmt(row.dataset or None, 40)] if data_col else []
+        cells += [fmt(row.value(c)) for c in cmp.metric_columns()]
+        lines.append(cells)
+    widths = [max(len(line[j]) for line in lines) for j in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    if cmp.by == "dataset":
+        text = [text[0], *_grouped(text[1:], cmp.rows)]
+    return "\n".join([_title(cmp), *text, *cmp.warnings, *render_models(cmp)])
+
+
+def _grouped(lines: list[str], rows: Sequence[RunRow]) -> list[str]:
+    """Table lines with a `dataset ...` heading before each group of rows."""
+    out: list[str] = []
+    for i, (line, row) in enumerate(zip(lines, rows)):
+        if i == 0 or row.dataset != rows[i - 1].dataset:
+            n = sum(1 for r in rows if r.dataset == row.dataset)
+            out.append(f"-- dataset {row.dataset or '(not logged)'}: {n} run(s)")
+        out.append(line)
+    return out
+
+
+def render_models(cmp: Comparison) -> list[str]:
+    """Lines listing each run's checkpoints (logged models) and their evaluations."""
+    if not any(r.models for r in cmp.rows):
+        return []
+    out = ["checkpoints (MLflow logged models) and their evaluations:"]
+    for row in cmp.rows:
+        for m in row.models:
+            evals = "  ".join(f"{k}={fmt(v)}" for k, v in sorted(m.evals.items()))
+            line = f"  {fmt(row.name, 24)}  step {m.step:<6d} {m.model_id}  {evals or '(no evals)'}"
+            out.append(line.rstrip())
+    return out
+
+
+def model_eval_metrics(cmp: Comparison) -> list[str]:
+    """The evaluation metrics logged against the rows' checkpoints (at most MAX_DEFAULT_METRICS)."""
+    names = sorted({k for r in cmp.rows for m in r.models for k in m.evals})
+    return names[:MAX_DEFAULT_METRICS]
 
 
 def write_plot(client: Any, cmp: Comparison, path: str) -> int:
-    """A PNG with one panel per metric and one curve per run (x = step); returns the curves."""
+    """A PNG with one panel per metric and one curve per run (x = step), then one panel per
+    checkpoint evaluation metric (x = checkpoint step); returns the curves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not cmp.metrics:
+    evals = model_eval_metrics(cmp)
+    panels = len(cmp.metrics) + len(evals)
+    if not panels:
         raise CompareError("--plot: no metrics to plot; name some with --metrics")
-    cols = min(2, len(cmp.metrics))
-    nrows = (len(cmp.metrics) + cols - 1) // cols
+    cols = min(2, panels)
+    nrows = (panels + cols - 1) // cols
     fig = Figure(figsize=(6.5 * cols, 3.8 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     curves = 0
-    for i, metric in enumerate(cmp.metrics):
+    for i, metric in enumerate([*cmp.metrics, *evals]):
         ax = fig.add_subplot(nrows, cols, i + 1)
         for row in cmp.rows:
-            history = sorted(client.get_metric_history(row.run_id, metric), key=lambda m: m.step)
-            if history:
-                steps = [m.step for m in history]
-                ax.plot(steps, [m.value for m in history], label=f"{row.name} ({row.run_id[:8]})")
+            if i < len(cmp.metrics):
+                history = client.get_metric_history(row.run_id, metric)
+                points = sorted((m.step, m.value) for m in history)
+            else:
+                points = sorted((m.step, m.evals[metric]) for m in row.models if metric in m.evals)
+            if points:
+                style = "-" if i < len(cmp.metrics) else "o-"
+                ax.plot(*zip(*points), style, label=f"{row.name} ({row.run_id[:8]})")
                 curves += 1
         better = "lower" if lower_is_better(metric) else "higher"
-        ax.set_title(f"{metric} ({better} is better)")
-        ax.set_xlabel("step")
+        what = "" if i < len(cmp.metrics) else "eval of checkpoints: "
+        ax.set_title(f"{what}{metric} ({better} is better)")
+        ax.set_xlabel("step" if not what else "checkpoint step")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small")

@@ -174,15 +174,19 @@ def split_env(
         if name not in names:
             names.append(name)
     uri = plain.get("MLFLOW_TRACKING_URI", "")
-    if _secret_uri(uri):  # a password in the URI makes the whole URI a secret
-        plain.pop("MLFLOW_TRACKING_URI")
-        if "MLFLOW_TRACKING_URI" not in names:
-            if opts.mlflow_uri:
+    flags = {"MLFLOW_TRACKING_URI": ("--mlflow-uri", opts.mlflow_uri),
+             "AWS_ENDPOINT_URL": ("--s3-endpoint", opts.s3_endpoint)}  # fmt: skip
+    for var, (flag, given) in flags.items():
+        if not _secret_uri(plain.get(var, "")):
+            continue  # a password in the URI makes the whole URI a secret, never an env_var
+        plain.pop(var)
+        if var not in names:
+            if given:
                 raise SubmitError(
-                    "--mlflow-uri carries a password: put it in MLFLOW_TRACKING_URI (or use "
-                    "MLFLOW_TRACKING_USERNAME/PASSWORD) and forward it with --env"
+                    f"{flag} carries a password: put the URL in {var} and forward it with "
+                    f"--env {var}, so it travels only as a secret"
                 )
-            names.append("MLFLOW_TRACKING_URI")
+            names.append(var)
     for name in names:
         plain.pop(name, None)
     return plain, tuple(names), _tracking_warnings(uri)

@@ -12,14 +12,18 @@ import fnmatch
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from avtime.training.cluster import jobenv
 from avtime.training.cluster.submit import MASK, TERMINAL, JobSpec, SubmitError
+
+RETRY_S = 60.0  # how long a "not ready" cluster is retried
+NOT_READY = ("no available agent", "try again later")
 
 
 def auth_token(environ: Mapping[str, str]) -> str | None:
@@ -91,7 +95,8 @@ def submit(client: Any, spec: JobSpec, environ: Mapping[str, str]) -> str:
             runtime_env["working_dir"] = str(code)
         if values:
             runtime_env["py_modules"] = [str(jobenv.write_package(Path(tmp) / "secrets", values))]
-        try:
+
+        def once() -> str:
             return str(
                 client.submit_job(
                     entrypoint=spec.entrypoint,
@@ -101,10 +106,44 @@ def submit(client: Any, spec: JobSpec, environ: Mapping[str, str]) -> str:
                     entrypoint_num_cpus=spec.entrypoint_num_cpus,
                 )
             )
+
+        try:
+            return retry_not_ready(once)
         except AuthenticationError as exc:
             raise SubmitError(auth_message(spec.address, str(exc), True)) from None
         except RuntimeError as exc:
             raise SubmitError(f"the cluster refused the job: {_redact(str(exc), values)}") from None
+
+
+def is_not_ready(exc: BaseException) -> bool:
+    """True for the job API's transient answers right after `ray start` (the job agent is not
+    up yet): "No available agent to submit job, please try again later"."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(s in text for s in NOT_READY)
+
+
+def retry_not_ready(
+    call: Callable[[], str], *, deadline_s: float = RETRY_S, pause_s: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+) -> str:  # fmt: skip
+    """`call()`, retried while the cluster answers that it is not ready, for up to
+    `deadline_s`; one line on stderr says so. Other errors, and the last one, propagate."""
+    end = clock() + deadline_s
+    told = False
+    while True:
+        try:
+            return call()
+        except RuntimeError as exc:
+            if not is_not_ready(exc) or clock() + pause_s > end:
+                raise
+            if not told:
+                print(
+                    f"[avtime submit] the cluster's job agent is not ready yet; retrying for up "
+                    f"to {deadline_s:.0f} s",
+                    file=sys.stderr,
+                )
+                told = True
+            sleep(pause_s)
 
 
 def _redact(text: str, values: Mapping[str, str]) -> str:

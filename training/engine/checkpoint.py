@@ -30,6 +30,10 @@ FORMAT_VERSION = 1
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of committed checkpoints
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as one; the message names the file."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckpointMeta:
     """The non-tensor facts of a checkpoint."""
@@ -74,8 +78,20 @@ def load(
         raise FileNotFoundError(
             f"{path} is not an avtime checkpoint (needs {META_FILE} and {STATE_FILE})"
         )
-    meta = CheckpointMeta.from_json((path / META_FILE).read_text())
-    state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+    try:
+        meta = CheckpointMeta.from_json((path / META_FILE).read_text())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path / META_FILE} is not an avtime checkpoint's meta ({exc})"
+        ) from None
+    try:
+        state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds; none may leak its advice
+        raise CheckpointError(
+            f"{path / STATE_FILE} is not an avtime checkpoint state: torch.load with "
+            f"weights_only=True refused it ({type(exc).__name__}); avtime loads tensors only, "
+            "so a file from elsewhere, corrupt or holding code, is never run"
+        ) from None
     return meta, state
 
 
@@ -131,6 +147,11 @@ def find_latest(fs: Any, run_dir: str) -> tuple[str, CheckpointMeta] | None:
         with fs.open_input_stream(meta_path.path) as f:
             return folder, CheckpointMeta.from_json(f.read().decode())
     return None
+
+
+def committed(fs: Any, run_dir: str) -> list[str] | None:
+    """The checkpoint folder names Ray Train keeps for the run (its snapshot), or None."""
+    return _committed(fs, run_dir.rstrip("/"))
 
 
 def _committed(fs: Any, run_dir: str) -> list[str] | None:

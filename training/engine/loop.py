@@ -11,6 +11,12 @@ accuracies, lr, examples/s and the fraction of step time spent waiting for data.
 `checkpoint_every` steps, and at the end, rank 0 saves model, optimiser, scheduler, queue, step
 and data epoch, and every rank calls `ray.train.report`. A restarted worker resumes from the
 latest checkpoint and keeps logging to the same MLflow run.
+
+MLflow 3: step metrics carry the training dataset (name and digest). At each checkpoint rank 0
+first creates the checkpoint's logged model (`training.engine.lineage`; PENDING, with the run's
+config as params and the checkpoint's storage URI as a tag), logs that step's metrics linked to
+it, and marks it READY once Ray Train has stored the checkpoint (copying the files into the
+model only with `JobSpec.log_weights`).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,7 @@ from torch import nn
 from avtime.models.av import AVModel
 from avtime.models.losses import total_loss
 from avtime.models.queue import FeatureQueue
-from avtime.pipelines.configlib import dump_yaml, from_dict, to_dict
+from avtime.pipelines.configlib import dump_yaml, flatten, from_dict, to_dict
 from avtime.training.config import RunConfig
 from avtime.training.engine import checkpoint
 from avtime.training.engine.optim import (
@@ -55,6 +62,25 @@ class JobSpec:
     examples_per_epoch: int  # examples in one data epoch (usable rows x examples_per_row)
     fit_start_unix: float = 0.0  # when the driver called fit(); 0 = unknown
     system_metrics: bool = True
+    run_name: str = ""  # the run's name under the storage path
+    checkpoint_root: str = ""  # URI of the run's checkpoint folder (local or s3://)
+    dataset_name: str = ""  # the training data's MLflow dataset
+    dataset_digest: str = ""
+    log_weights: bool = False  # copy each checkpoint's files into its MLflow logged model
+
+    def tracking(self, run_id: str) -> TrackingSpec:
+        """Where rank 0 logs: this job's store, `run_id`, and the dataset to link metrics to."""
+        return TrackingSpec(
+            tracking_uri=self.tracking_uri, run_id=run_id, system_metrics=self.system_metrics,
+            run_name=self.run_name, dataset_name=self.dataset_name,
+            dataset_digest=self.dataset_digest,
+        )  # fmt: skip
+
+    def checkpoint_uri(self, step: int) -> str:
+        """Where Ray Train stores the checkpoint of `step` ("" when the root is unknown)."""
+        if not self.checkpoint_root:
+            return ""
+        return f"{self.checkpoint_root.rstrip('/')}/{checkpoint.dir_name(step)}"
 
 
 def loop_config(cfg: RunConfig, job: JobSpec) -> dict[str, Any]:
@@ -79,12 +105,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     restored = restore(st, ray.train.get_checkpoint())
     run_id = st.run_id or job.run_id
     st.run_id = run_id
-    logger: Logger = (
-        MlflowLogger(TrackingSpec(tracking_uri=job.tracking_uri, run_id=run_id,
-                                  system_metrics=job.system_metrics))
-        if rank == 0 else NullLogger()
-    )  # fmt: skip
+    logger: Logger = MlflowLogger(job.tracking(run_id)) if rank == 0 else NullLogger()
     try:
+        logger.set_tags(device_tags(st.device))
         if restored:
             logger.log({"resumed_from_step": float(st.step)}, st.step)
         shard = ray.train.get_dataset_shard("train")
@@ -239,6 +262,7 @@ def run_steps(
     st.examples_per_epoch = job.examples_per_epoch
     window, last = Window(), {"step": float(st.step)}
     fresh = st.step == 0
+    params = flatten(st.cfg)  # each checkpoint's logged model records the run's config
     while st.step < tcfg.steps:
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(st.cfg.optim.accum_steps)]
@@ -248,14 +272,19 @@ def run_steps(
         if fresh and st.step == 1 and rank == 0:
             _first_step(st, micro[0], logger, job)
         done = st.step == tcfg.steps
-        if st.step % tcfg.log_every == 0 or done:
+        keep = st.step % tcfg.checkpoint_every == 0 or done
+        model_id = None
+        if keep:
+            model_id = logger.begin_checkpoint(st.step, job.checkpoint_uri(st.step), params)
+        if st.step % tcfg.log_every == 0 or done or keep:
             last = window.metrics() | {"step": float(st.step), "data_epoch": float(st.data_epoch)}
-            logger.log(last, st.step)
+            logger.log(last, st.step, model_id=model_id)
             window = Window()
             if rank == 0 and (st.step % (5 * tcfg.log_every) == 0 or done):
                 log.info(progress_line(last, tcfg.steps))  # print() is teed twice under Train V2
-        if st.step % tcfg.checkpoint_every == 0 or done:
-            report(st, last, with_checkpoint=True, rank=rank)
+        if keep:
+            saved = partial(_checkpoint_stored, logger, model_id, job.log_weights)
+            report(st, last, with_checkpoint=True, rank=rank, saved=saved)
     if not fresh and st.step >= tcfg.steps and last.keys() == {"step"}:
         report(st, last, with_checkpoint=False, rank=rank)  # resumed a finished run
     return last
@@ -275,8 +304,16 @@ def progress_line(metrics: dict[str, float], steps: int) -> str:
     )
 
 
-def report(st: WorkerState, metrics: dict[str, float], *, with_checkpoint: bool, rank: int) -> None:
-    """`ray.train.report` on every rank; rank 0 attaches a checkpoint folder when asked."""
+def report(
+    st: WorkerState,
+    metrics: dict[str, float],
+    *,
+    with_checkpoint: bool,
+    rank: int,
+    saved: Callable[[str], None] | None = None,
+) -> None:
+    """`ray.train.report` on every rank; rank 0 attaches a checkpoint folder when asked, and
+    `saved(folder)` runs once Ray Train has stored it (the local folder still exists)."""
     import ray.train
 
     if not with_checkpoint:
@@ -292,6 +329,21 @@ def report(st: WorkerState, metrics: dict[str, float], *, with_checkpoint: bool,
             checkpoint.save(tmp, meta, st.state_dicts(), dump_yaml(st.cfg))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.dir_name(st.step))
+        if saved is not None:
+            saved(tmp)
+
+
+def _checkpoint_stored(logger: Logger, model_id: str | None, weights: bool, folder: str) -> None:
+    """Mark the checkpoint's logged model READY (with its files when `weights`)."""
+    logger.end_checkpoint(model_id, folder if weights else None)
+
+
+def device_tags(device: torch.device) -> dict[str, str]:
+    """The run tags naming the device rank 0 trains on (type, and the GPU's name on CUDA)."""
+    tags = {"avtime.device": device.type}
+    if device.type == "cuda":
+        tags["avtime.device_name"] = torch.cuda.get_device_name(device)
+    return tags
 
 
 def _batches_forever(shard: Any, cfg: RunConfig, device: torch.device) -> Iterator[Batch]:

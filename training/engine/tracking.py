@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,20 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNO
 class Logger(Protocol):
     """What the training loop logs through (rank 0 only); see `MlflowLogger`, `NullLogger`."""
 
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
-        """Record scalar metrics at optimiser step `step`."""
+    def log(self, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
+        """Record scalar metrics at optimiser step `step` (linked to logged model `model_id`)."""
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a local file under `artifact_path` of the run."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set tags on the run."""
+
+    def begin_checkpoint(self, step: int, uri: str, params: Mapping[str, Any]) -> str | None:
+        """Create the logged model of the checkpoint about to be stored at `uri`; its id."""
+
+    def end_checkpoint(self, model_id: str | None, weights_dir: str | None = None) -> None:
+        """The checkpoint is stored: mark its model READY (copying `weights_dir` if given)."""
 
     def close(self) -> None:
         """Flush and detach (the run stays open for a later resume unless finished)."""
@@ -45,10 +55,19 @@ class Logger(Protocol):
 class NullLogger:
     """The logger of every rank but 0: does nothing."""
 
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
+    def log(self, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
         return None
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        return None
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        return None
+
+    def begin_checkpoint(self, step: int, uri: str, params: Mapping[str, Any]) -> str | None:
+        return None
+
+    def end_checkpoint(self, model_id: str | None, weights_dir: str | None = None) -> None:
         return None
 
     def close(self) -> None:
@@ -62,30 +81,71 @@ class TrackingSpec:
     tracking_uri: str
     run_id: str
     system_metrics: bool = True
+    run_name: str = ""  # names the checkpoints' logged models
+    dataset_name: str = ""  # the training data: step metrics are linked to it
+    dataset_digest: str = ""
 
 
 class MlflowLogger:
     """Attaches this process to an existing MLflow run and logs to it.
 
+    Step metrics carry the training dataset (name and digest) and, at checkpoint steps, the
+    checkpoint's logged model (see `training.engine.lineage`).
+
     Args:
-        spec: the tracking URI and run id.
+        spec: the tracking URI, run id, run name and training dataset.
     """
 
     def __init__(self, spec: TrackingSpec) -> None:
         import mlflow
 
         self._mlflow = mlflow
+        self._spec = spec
         mlflow.set_tracking_uri(spec.tracking_uri)
         if spec.system_metrics:
             _import_psutil()
             mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         self._run = mlflow.start_run(run_id=spec.run_id, log_system_metrics=spec.system_metrics)
+        self._client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
 
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    def log(self, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        ds = (self._spec.dataset_name or None, self._spec.dataset_digest or None)
+        if None in ds:
+            ds = (None, None)
+        items = [
+            Metric(k, float(v), now, step, model_id=model_id, dataset_name=ds[0],
+                   dataset_digest=ds[1])
+            for k, v in metrics.items()
+        ]  # fmt: skip
+        self._client.log_batch(self._spec.run_id, metrics=items)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         self._mlflow.log_artifact(str(local_path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._mlflow.set_tags(safe_params(tags))
+
+    def begin_checkpoint(self, step: int, uri: str, params: Mapping[str, Any]) -> str | None:
+        from avtime.training.engine import lineage
+
+        dataset = ""
+        if self._spec.dataset_name:
+            dataset = f"{self._spec.dataset_name}@{self._spec.dataset_digest}"
+        ckpt = lineage.CheckpointModel(
+            run_id=self._spec.run_id, experiment_id=self._run.info.experiment_id,
+            run_name=self._spec.run_name or self._run.info.run_name or self._spec.run_id[:8],
+            step=step, uri=uri, dataset=dataset,
+        )  # fmt: skip
+        return lineage.create_checkpoint_model(self._client, ckpt, params)
+
+    def end_checkpoint(self, model_id: str | None, weights_dir: str | None = None) -> None:
+        from avtime.training.engine import lineage
+
+        if model_id:
+            lineage.finalize_checkpoint_model(self._client, model_id, weights_dir)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run in this process with `status` (FINISHED, FAILED or KILLED)."""
@@ -196,20 +256,28 @@ def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def code_version(root: str | Path | None = None) -> str:
-    """The git sha of the avtime source tree (`-dirty` with local changes), else the version."""
+def git_state(root: str | Path | None = None) -> tuple[str, bool]:
+    """(commit sha, has local changes) of the avtime source tree; ("unknown", False) outside git."""
     here = Path(root) if root is not None else Path(__file__).resolve().parents[2]
     try:
         sha = _git(here, "rev-parse", "HEAD")
         dirty = _git(here, "status", "--porcelain", "--untracked-files=no")
-        return f"{sha}-dirty" if dirty else sha
-    except (OSError, subprocess.CalledProcessError):
-        from importlib.metadata import PackageNotFoundError, version
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return "unknown", False
+    return sha, bool(dirty)
 
-        try:
-            return f"avtime-{version('avtime')}"
-        except PackageNotFoundError:
-            return "unknown"
+
+def code_version(root: str | Path | None = None) -> str:
+    """The git sha of the avtime source tree (`-dirty` with local changes), else the version."""
+    sha, dirty = git_state(root)
+    if sha != "unknown":
+        return f"{sha}-dirty" if dirty else sha
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"avtime-{version('avtime')}"
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _git(cwd: Path, *args: str) -> str:

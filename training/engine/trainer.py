@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from avtime.pipelines import storage
 from avtime.pipelines.config import DataConfig
 from avtime.pipelines.configlib import dump_yaml, flatten
 from avtime.training.config import RunConfig, TrainConfig
-from avtime.training.engine import checkpoint, tracking
+from avtime.training.engine import checkpoint, lineage, tracking
 from avtime.training.engine.loop import JobSpec, loop_config, train_loop_per_worker
 
 MIN_DATA_CPUS = 0.5  # logical CPUs Ray Data needs beside the training workers
@@ -44,6 +46,9 @@ class TrainRequest:
     name: str = ""  # run name under the storage path; "" = preset + config hash
     workdir: str = ""  # default home of checkpoints/ and mlflow.db; "" = cwd
     tracking_uri: str = ""  # "" = MLFLOW_TRACKING_URI or sqlite in workdir
+    register: str = ""  # registered model name for the final checkpoint's logged model
+    alias: str = lineage.DEFAULT_ALIAS  # the alias `register` points at the new version
+    log_weights: bool = False  # copy checkpoint files into their logged models
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +60,8 @@ class TrainOutcome:
     checkpoint: str
     run_name: str
     metrics: dict[str, float] = field(default_factory=dict)
+    model_id: str = ""  # the final checkpoint's MLflow logged model
+    registered: str = ""  # `models:/<name>@<alias>` (or `/<version>`) when registered
 
     def summary(self) -> dict[str, Any]:
         """The JSON object `avtime train` prints on its last line."""
@@ -64,6 +71,8 @@ class TrainOutcome:
             "checkpoint": self.checkpoint,
             "run_name": self.run_name,
             "metrics": self.metrics,
+            "model_id": self.model_id,
+            "registered": self.registered,
         }
 
 
@@ -265,14 +274,24 @@ def build_trainer(
     )
 
 
-def open_tracking(req: TrainRequest, uri: str, name: str, resume_id: str | None) -> str:
-    """Create the MLflow run (params, config artifact), or continue `resume_id`."""
+def open_tracking(
+    req: TrainRequest, uri: str, name: str, resume_id: str | None, data: lineage.DatasetRef
+) -> str:
+    """Create the MLflow run (params, provenance tags, dataset input, config artifact), or
+    continue `resume_id` (tags and dataset input logged again: the code may have changed)."""
+    from mlflow import MlflowClient
+
     params = tracking.run_params(flatten(req.cfg), shards_uri=req.data)
     tags = {"avtime.preset": req.cfg.preset, "avtime.run_name": name}
     run_id = tracking.open_run(
         uri=uri, experiment=req.experiment, run_name=name, params=params, tags=tags,
         run_id=resume_id,
     )  # fmt: skip
+    client = MlflowClient(tracking_uri=uri)
+    device = "cuda" if req.cfg.train.use_gpu else "cpu"
+    for key, value in lineage.provenance_tags(device).items():
+        client.set_tag(run_id, key, value)
+    lineage.log_dataset(client, run_id, data, lineage.TRAINING)
     if resume_id is None:
         with tempfile.TemporaryDirectory(prefix="avtime-") as tmp:
             path = Path(tmp) / "config.yaml"
@@ -290,25 +309,90 @@ def train(req: TrainRequest) -> TrainOutcome:
     where, name = storage_for(req), run_name(req)
     run_dir = f"{where.path.rstrip('/')}/{name}"
     latest = checkpoint.find_latest(where.fs, run_dir)
-    run_id = open_tracking(req, uri, name, latest[1].mlflow_run_id if latest else None)
+    data = lineage.shards_dataset(req.data)
+    run_id = open_tracking(req, uri, name, latest[1].mlflow_run_id if latest else None, data)
     job = JobSpec(
-        tracking_uri=uri, run_id=run_id, examples_per_epoch=per_epoch, fit_start_unix=time.time()
-    )
+        tracking_uri=uri, run_id=run_id, examples_per_epoch=per_epoch, fit_start_unix=time.time(),
+        run_name=name, checkpoint_root=where.uri_of(run_dir), dataset_name=data.name,
+        dataset_digest=data.digest, log_weights=req.log_weights,
+    )  # fmt: skip
     factory = StreamFactory(req.data, req.cfg, where.fs, run_dir, per_epoch)
     trainer = build_trainer(req, job, where, name, factory)
-    try:
-        result = trainer.fit()
-    except Exception:
-        tracking.finish_run(uri, run_id, status="FAILED")
-        raise
+    result = _fit(trainer, uri, run_id)
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} ended without a checkpoint in {where.uri}")
     ckpt_uri = where.uri_of(result.checkpoint.path)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if _is_number(v)}
     tracking.set_tag(uri, run_id, "avtime.checkpoint", ckpt_uri)
+    model_id, registered = finish_models(req, uri, run_id, where, run_dir)
     return TrainOutcome(
-        mlflow_run_id=run_id, tracking_uri=uri, checkpoint=ckpt_uri, run_name=name, metrics=metrics
-    )
+        mlflow_run_id=run_id, tracking_uri=uri, checkpoint=ckpt_uri, run_name=name,
+        metrics=metrics, model_id=model_id, registered=registered,
+    )  # fmt: skip
+
+
+def finish_models(
+    req: TrainRequest, uri: str, run_id: str, where: Storage, run_dir: str
+) -> tuple[str, str]:
+    """After fit: delete the logged models of checkpoints Ray Train dropped, tag the run with
+    the final checkpoint's model, and register it when asked; (model id, `models:/` ref)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = str(client.get_run(run_id).info.experiment_id)
+    kept = checkpoint.committed(where.fs, run_dir)
+    if kept is not None:
+        lineage.prune_models(client, exp_id, run_id, {where.uri_of(f"{run_dir}/{n}") for n in kept})
+    meta = checkpoint.find_latest(where.fs, run_dir)
+    final = lineage.find_run_model(client, exp_id, run_id, meta[1].step) if meta else None
+    if final is None:
+        return "", ""
+    model_id = str(final.model_id)
+    client.set_tag(run_id, lineage.MODEL_ID_TAG, model_id)
+    if not req.register:
+        return model_id, ""
+    version = lineage.register(uri, model_id, run_id, req.register, req.alias)
+    client.set_tag(run_id, "avtime.registered", f"{req.register}/{version}")
+    suffix = f"@{req.alias}" if req.alias else f"/{version}"
+    return model_id, f"models:/{req.register}{suffix}"
+
+
+def _fit(trainer: Any, uri: str, run_id: str) -> Any:
+    """`trainer.fit()`, ending the MLflow run as KILLED on Ctrl-C or SIGTERM and as FAILED on a
+    crash, so no run is left RUNNING.
+
+    fit() runs in a helper thread, so Ray Train does not install its own SIGINT handler (which
+    exits the process without a word); this thread waits, turns SIGTERM into KeyboardInterrupt,
+    marks the run and re-raises. Leaving then ends the driver, and with it the run's workers.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if in_main else None
+    worker = threading.Thread(target=target, name="avtime-fit", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+    except KeyboardInterrupt:
+        tracking.finish_run(uri, run_id, status="KILLED")
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    if "error" in box:
+        tracking.finish_run(uri, run_id, status="FAILED")
+        raise box["error"]
+    return box["result"]
 
 
 def _is_number(v: Any) -> bool:

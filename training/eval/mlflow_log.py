@@ -11,6 +11,11 @@ in that row: `<dataset>[-split<S>].<protocol>[-<mode>].<metric>`, for example
 `ucf101-split1.action-linear.top1`, `folder.retrieval.R1`, `esc50.audio.fold_accuracy_3`,
 `vggsound.fingerprint.per_distortion.blur.mAP`. MLflow metric names may not contain '@', so
 `R@1` is logged as `R1`.
+
+MLflow 3: the evaluation set is a dataset input of the eval run (context `evaluation`), the
+evaluated checkpoint's logged model a model input, and every metric is logged against both
+(`model_id`, dataset name and digest), so the model's page lists each evaluation of it. The run
+carries the provenance tags of `training.engine.lineage.provenance_tags`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from avtime.training.engine import tracking
+from avtime.training.engine import lineage, tracking
 
 PARENT_TAG = "avtime.parent_run_id"
 KIND_TAG = "avtime.kind"
@@ -73,10 +78,14 @@ def log_eval(
     parent_run_id: str | None,
     prefix: str = "",
     uri: str | None = None,
+    model_id: str | None = None,
+    data: lineage.DatasetRef | None = None,
+    device: str = "cpu",
 ) -> str:
-    """Create the eval run and log its params, `prefix`-ed metrics and linking tags."""
+    """Create the eval run and log its params, `prefix`-ed metrics and linking tags; the
+    metrics are linked to logged model `model_id` and evaluation set `data` when given."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import LoggedModelInput, Metric, Param
 
     uri = uri or tracking.tracking_uri()
     client = MlflowClient(tracking_uri=uri)
@@ -89,15 +98,23 @@ def log_eval(
         tags[PARENT_TAG] = parent_run_id
     if linked and parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    tags |= lineage.provenance_tags(device)
+    if model_id:
+        tags[lineage.MODEL_ID_TAG] = model_id
     run = client.create_run(exp_id, run_name=f"eval-{protocol}-{dataset}", tags=tags)
     run_id = str(run.info.run_id)
-    metrics = metric_items(result, prefix)
+    if data is not None:
+        lineage.log_dataset(
+            client, run_id, data, lineage.EVALUATION, [model_id] if model_id else ()
+        )
+    elif model_id:
+        client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
     now = int(time.time() * 1000)
+    link = {"model_id": model_id}
+    if data is not None:
+        link |= {"dataset_name": data.name, "dataset_digest": data.digest}
+    metrics = [Metric(k, v, now, 0, **link) for k, v in metric_items(result, prefix).items()]
     items = sorted(tracking.safe_params(params).items())
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-        params=[Param(k, v) for k, v in items],
-    )
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in items])
     client.set_terminated(run_id)
     return run_id

@@ -3,8 +3,10 @@
 A checkpoint is a folder (local or s3://) written by `avtime train`: `state.pt` (the model state
 dict under "model"), `config.yaml` (the resolved RunConfig) and `meta.json` (step and MLflow run
 id). A training run's folder holding `step_XXXXXXXX/` checkpoints is accepted too: the newest
-complete one is used. `random` builds the same model from a preset (or YAML) config with a
-seeded random init, so both go through the same evaluation code.
+complete one is used. `models:/<model_id>`, `models:/<name>@<alias>` and `models:/<name>/<version>`
+name a checkpoint through its MLflow logged model (`training.engine.lineage`): the checkpoint URI
+stored on the model is loaded. `random` builds the same model from a preset (or YAML) config with
+a seeded random init, so both go through the same evaluation code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from avtime.models.av import AVModel
 from avtime.pipelines.configlib import ConfigError, from_dict
 from avtime.training.config import RunConfig, load_run_config
 from avtime.training.engine import checkpoint as ckpt
+from avtime.training.engine import lineage, tracking
 
 RANDOM = "random"
 
@@ -36,6 +39,8 @@ class LoadedModel:
     checkpoint: str  # the URI given, or "random"
     parent_run_id: str | None  # the pretraining MLflow run (None for random)
     step: int | None  # optimiser steps of the checkpoint
+    resolved: str = ""  # the checkpoint URI loaded (a `models:/` ref resolved); "" for random
+    model_id: str | None = None  # the checkpoint's MLflow logged model, when named by one
 
 
 def build_model(cfg: RunConfig, seed: int = 0) -> AVModel:
@@ -77,15 +82,26 @@ def _model_state(state: Any) -> dict[str, torch.Tensor]:
 
 
 def load_model(
-    checkpoint: str, *, config: str = "demo", overrides: Sequence[str] = (), seed: int = 0
+    checkpoint: str,
+    *,
+    config: str = "demo",
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    tracking_uri: str | None = None,
 ) -> LoadedModel:
-    """The model for `checkpoint` (a folder/URI, or "random" with preset/YAML `config`)."""
+    """The model for `checkpoint` (a folder/URI, a `models:/` ref resolved in the MLflow store
+    `tracking_uri` (default: `MLFLOW_TRACKING_URI` or ./mlflow.db), or "random" with
+    preset/YAML `config`)."""
     if checkpoint == RANDOM:
         cfg = load_run_config(config, overrides)
         return LoadedModel(
             model=build_model(cfg, seed), cfg=cfg, checkpoint=RANDOM, parent_run_id=None, step=None
         )
-    local, tmp = _fetch(checkpoint)
+    resolved, model_id = checkpoint, None
+    if lineage.is_models_uri(checkpoint):
+        uri = tracking_uri or tracking.tracking_uri()
+        resolved, model_id = lineage.resolve_checkpoint(checkpoint, uri)
+    local, tmp = _fetch(resolved)
     try:
         folder = _resolve_folder(local)
         meta, state = ckpt.load(folder)
@@ -106,6 +122,8 @@ def load_model(
         checkpoint=checkpoint,
         parent_run_id=meta.mlflow_run_id or None,
         step=meta.step,
+        resolved=resolved,
+        model_id=model_id,
     )
 
 

@@ -9,6 +9,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from avtime.pipelines import schema
@@ -203,6 +204,39 @@ def test_bad_listings_name_the_problem(tmp_path: Path) -> None:
         list_inputs(str(bad))
     with pytest.raises(ValueError, match="neither a folder"):
         list_inputs(str(tmp_path / "missing"))
+    bad.write_bytes(b"path\n\xff\xfeclip.mp4\n")  # Latin-1 / UTF-16 bytes, not UTF-8
+    with pytest.raises(ValueError, match="not UTF-8 text .*0xff"):
+        list_inputs(str(bad))
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"uri": "a.mp4"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match="line 2: expected a JSON object"):
+        list_inputs(str(jsonl))
+
+
+@pytest.mark.unit
+def test_labels_that_match_nothing_or_lack_columns_fail(tmp_path: Path) -> None:
+    (tmp_path / "v").mkdir()
+    for n in ("a.mp4", "b.mp4"):
+        (tmp_path / "v" / n).write_bytes(b"x")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,class\na.mp4,walk\n")  # no label column
+    with pytest.raises(ValueError, match="expected path,label"):
+        list_inputs(str(tmp_path / "v"), str(labels))
+    labels.write_text("path,label\nzzz.mp4,walk\n")  # matches no input
+    with pytest.raises(ValueError, match="no row matches any of the 2 inputs"):
+        list_inputs(str(tmp_path / "v"), str(labels))
+    labels.write_text("path,label\nb.mp4,run\n")
+    items, _ = list_inputs(str(tmp_path / "v"), str(labels))
+    assert [(Path(i.source).name, i.label) for i in items] == [("a.mp4", None), ("b.mp4", "run")]
+
+
+@pytest.mark.unit
+def test_audio_only_files_are_listed_so_they_become_rejects(tmp_path: Path) -> None:
+    for n in ("song.m4a", "talk.MP3", "clip.mp4", "notes.txt"):
+        (tmp_path / n).write_bytes(b"x")
+    items, skipped = list_inputs(str(tmp_path))
+    assert sorted(Path(i.source).name for i in items) == ["clip.mp4", "song.m4a", "talk.MP3"]
+    assert skipped == 1
 
 
 @pytest.mark.integration
@@ -213,10 +247,14 @@ def test_cli_exit_status_and_summary(
     bad.mkdir()
     for name in ("audio_only.mp4", "zero.mov"):
         shutil.copy(corpus / name, bad / name)
+    shutil.copy(corpus / "audio_only.mp4", bad / "song.m4a")  # an audio file is an input too
     assert main(["preprocess", str(bad), str(tmp_path / "o1"), "--workers", "1"]) == 1
     out, err = capsys.readouterr()
     assert "no usable rows" in err
-    assert out.strip().splitlines()[-1].startswith("preprocess: 2 inputs -> 0 rows")
+    assert out.strip().splitlines()[-1].startswith("preprocess: 3 inputs -> 0 rows")
+    rejects = pq.read_table(tmp_path / "o1" / "rejects.parquet").to_pylist()
+    song = [r for r in rejects if r["source"].endswith("song.m4a")]
+    assert len(rejects) == 3 and song[0]["error_type"] == "NoVideoStream"
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for name in ("plain.mp4", "zero.mov"):

@@ -253,3 +253,46 @@ def test_transient_s3_errors_are_retried(
     finally:
         proxy.close()
     assert proxy.failed >= 3  # the job really met (and survived) transient errors
+
+
+@pytest.mark.integration
+def test_s3_dying_mid_job_is_named_in_one_line(
+    s3_src: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The S3 server stops answering once the Ray Data job has started (its tasks read inputs
+    and write shards): `avtime preprocess` ends in one line naming S3, the endpoint and what it
+    was doing, not Ray's generic "UDF failed"."""
+    from tests.servers import TcpForwarder
+
+    proxy = TcpForwarder(urlparse(s3_server.endpoint).port or 80)
+    env = {**os.environ, **s3_server.env, "AWS_ENDPOINT_URL": proxy.endpoint,
+           "RAY_AUTH_MODE": "disabled"}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    dst = f"{s3_server.bucket('avtime-out')}/outage"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avtime.training.cli.main", "preprocess", f"{s3_src}/videos", dst,
+         "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if "Starting execution" in line:  # the Ray Data job (its tasks) has begun
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(180), "".join(lines[-30:])
+    proxy.kill()
+    proc.wait(timeout=600)
+    reader.join(timeout=30)
+    err = "".join(lines)
+    ours = [line for line in err.splitlines() if line.startswith("avtime")]
+    assert proc.returncode == 1, err[-3000:]
+    assert len(ours) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"S3 at {proxy.endpoint} stopped answering" in ours[0]
+    assert "wrote shards to s3://avtime-out/outage" in ours[0] and "rerun" in ours[0]
+    assert "UDF failed" not in ours[0]

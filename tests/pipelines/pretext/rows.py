@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from avtime.pipelines.schema import rows_to_table
+from avtime.pipelines.schema import MANIFEST_NAME, build_manifest, manifest_to_bytes, rows_to_table
 
 
 def frame_jpeg(index: int, width: int, height: int) -> bytes:
@@ -87,11 +87,20 @@ def make_row(
 
 
 def write_shards(rows: list[dict[str, Any]], out_dir: str, rows_per_shard: int = 4) -> list[str]:
-    """Write rows as `part-00000-000.parquet`... shards (row groups of 2 rows)."""
-    paths = []
+    """Write rows as `part-00000-000.parquet`... shards (row groups of 2 rows) and the
+    `manifest.json` that lists them, as `avtime preprocess` does."""
+    paths, entries = [], []
     for k in range(0, len(rows), rows_per_shard):
         table: pa.Table = rows_to_table(rows[k : k + rows_per_shard])
-        path = f"{out_dir}/part-00000-{k // rows_per_shard:03d}.parquet"
-        pq.write_table(table, path, row_group_size=2)
-        paths.append(path)
+        name = f"part-00000-{k // rows_per_shard:03d}.parquet"
+        pq.write_table(table, f"{out_dir}/{name}", row_group_size=2)
+        paths.append(f"{out_dir}/{name}")
+        entries.append({"path": name, "rows": table.num_rows})
+    rates = [int(r["sample_rate"]) for r in rows if int(r["sample_rate"] or 0) > 0]
+    doc = build_manifest(
+        code_version="test", frame_format="jpeg", config={"sample_rate": (rates or [16000])[0]},
+        inputs=sorted({str(r["source"]) for r in rows}), counts={"rows": len(rows)}, shards=entries,
+    )  # fmt: skip
+    with open(f"{out_dir}/{MANIFEST_NAME}", "wb") as f:
+        f.write(manifest_to_bytes(doc))
     return paths

@@ -21,6 +21,7 @@ from avtime.pipelines.pretext.stream import (
     iter_pretext_batches,
     iter_pretext_examples,
     segment_stats,
+    shard_paths,
     source_key,
 )
 from tests.pipelines.pretext.rows import make_row, write_shards
@@ -103,7 +104,7 @@ def test_deterministic_per_epoch_and_reshuffled_across_epochs(ray_local: None, s
 @pytest.mark.integration
 def test_epochs_union_and_s3(ray_local: None, shards: str, s3_env: Any) -> None:
     bucket = s3_env.bucket("pretext-stream")
-    for p in sorted(Path(shards).glob("part-*.parquet")):
+    for p in sorted(Path(shards).glob("part-*.parquet")) + [Path(shards) / "manifest.json"]:
         storage.put_file(p, f"{bucket}/shards/{p.name}")
     remote = f"{bucket}/shards"
     assert collect_ray(remote, 0) == collect_ray(shards, 0)
@@ -141,18 +142,14 @@ def test_examples_per_epoch_counts_only_rows_the_sampler_uses(shards: str, tmp_p
     yields (the short row is skipped), or the stream runs out before the last steps."""
     import shutil
 
-    from avtime.pipelines.schema import MANIFEST_NAME, build_manifest, manifest_to_bytes
+    from avtime.pipelines.schema import MANIFEST_NAME
     from avtime.training.engine.trainer import examples_per_epoch
 
     for p in Path(shards).glob("part-*.parquet"):
         shutil.copy(p, tmp_path / p.name)
     with pytest.raises(FileNotFoundError, match="avtime preprocess"):
         examples_per_epoch(str(tmp_path), CFG)
-    doc = build_manifest(
-        code_version="test", frame_format="jpeg", config={}, inputs=[],
-        counts={"rows": ROWS}, shards=[],
-    )  # fmt: skip
-    (tmp_path / MANIFEST_NAME).write_bytes(manifest_to_bytes(doc))
+    shutil.copy(Path(shards) / MANIFEST_NAME, tmp_path / MANIFEST_NAME)
     yielded = sum(1 for _ in iter_pretext_examples(str(tmp_path), CFG, epoch=0))
     assert (
         examples_per_epoch(str(tmp_path), CFG)
@@ -185,3 +182,26 @@ def test_sampling_priority_is_only_ever_lowered() -> None:
     with pytest.raises(ValueError, match="nice must be"):
         StreamConfig(nice=20)
     assert StreamConfig().nice == 19
+
+
+@pytest.mark.unit
+def test_readers_take_the_shards_the_manifest_lists_and_no_others(
+    shards: str, tmp_path: Path
+) -> None:
+    """A stray `part-*.parquet` (another run's leftover) is never read; a listed shard that is
+    missing is an error naming it, not a short epoch."""
+    import shutil
+
+    for p in Path(shards).iterdir():
+        shutil.copy(p, tmp_path / p.name)
+    first = sorted(tmp_path.glob("part-*.parquet"))[0]
+    shutil.copy(first, tmp_path / "part-99999-000.parquet")  # stray: same rows again
+    listed = sorted(str(tmp_path / p.name) for p in Path(shards).glob("part-*"))
+    assert shard_paths(str(tmp_path)) == listed
+    keys = [int(e["example_key"]) for e in iter_pretext_examples(str(tmp_path), CFG, epoch=0)]
+    assert len(keys) == len(set(keys)) == (ROWS - 1) * CFG.stream.examples_per_row
+    first.unlink()
+    with pytest.raises(FileNotFoundError, match=f"1 of the 3 shards .* missing .*{first.name}"):
+        next(iter(iter_pretext_examples(str(tmp_path), CFG, epoch=0)))
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
+        shard_paths(str(tmp_path / "nowhere"))

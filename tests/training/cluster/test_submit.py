@@ -19,6 +19,7 @@ from avtime.training.cluster.submit_cluster import (
     auth_token,
     excluded,
     exit_code,
+    retry_not_ready,
     snapshot,
 )
 
@@ -85,6 +86,54 @@ def test_password_in_tracking_uri_is_a_secret() -> None:
     assert spec.secret_names == ("MLFLOW_TRACKING_URI",)
     assert "hunter2" not in render_spec(spec)
     assert "env_vars" not in spec.runtime_env
+
+
+@pytest.mark.unit
+def test_password_in_s3_endpoint_is_a_secret() -> None:
+    env = {"AWS_ENDPOINT_URL": "https://key:s3cret-pw@s3.example.com", "AWS_REGION": "eu-west-1"}
+    spec = build_spec(opts("avtime", "train", "--config", "smoke"), env)
+    assert spec.secret_names == ("AWS_ENDPOINT_URL",)
+    assert spec.runtime_env["env_vars"] == {"AWS_REGION": "eu-west-1"}
+    assert "s3cret-pw" not in render_spec(spec) and "s3cret-pw" not in json.dumps(spec.metadata)
+    with pytest.raises(SubmitError, match="--s3-endpoint carries a password"):
+        build_spec(
+            opts("avtime", "train", "--config", "smoke", s3_endpoint="https://k:pw@s3.x"), {}
+        )
+
+
+@pytest.mark.unit
+def test_not_ready_cluster_is_retried_for_a_minute(capsys: pytest.CaptureFixture[str]) -> None:
+    now = [0.0]
+    calls: list[float] = []
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    def agent_starting() -> str:
+        calls.append(now[0])
+        if now[0] < 20:
+            raise RuntimeError("No available agent to submit job, please try again later.")
+        return "raysubmit_1"
+
+    assert retry_not_ready(agent_starting, sleep=sleep, clock=lambda: now[0]) == "raysubmit_1"
+    assert calls[-1] == 20 and len(calls) == 11
+    assert capsys.readouterr().err.count("not ready yet") == 1
+
+    def never_ready() -> str:
+        raise RuntimeError("No available agent to submit job, please try again later.")
+
+    now[0] = 0.0
+    with pytest.raises(RuntimeError, match="No available agent"):
+        retry_not_ready(never_ready, sleep=sleep, clock=lambda: now[0])
+    assert 58 <= now[0] <= 60
+
+    def refused() -> str:
+        raise RuntimeError("Job with submission_id x already exists")
+
+    now[0] = 0.0
+    with pytest.raises(RuntimeError, match="already exists"):
+        retry_not_ready(refused, sleep=sleep, clock=lambda: now[0])
+    assert now[0] == 0.0  # other errors are not retried
 
 
 @pytest.mark.unit

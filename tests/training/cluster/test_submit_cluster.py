@@ -256,7 +256,9 @@ def test_submit_smoke_training_then_compare(
     lines = cmp.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("#  run"))
     assert "loss.temperature" in lines[header] and "eval:folder.retrieval.R1" in lines[header]
-    rows = {line.split()[2]: line for line in lines[header + 1 :]}
+    table = [line for line in lines[header + 1 :] if line[:1].isdigit()]  # the runs' rows
+    rows = {line.split()[2]: line for line in table}
+    assert any(line.startswith("checkpoints (MLflow logged models)") for line in lines)
     assert set(rows) == {run_id[:8], second[:8]}
     assert rows[run_id[:8]].split()[-1] == "0.5"  # its linked eval result
     assert png.stat().st_size > 10_000

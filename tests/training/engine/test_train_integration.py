@@ -89,8 +89,9 @@ def test_smoke_two_workers_tracks_mlflow_and_checkpoints_locally(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = tmp_path / "work"
     argv = ["train", "--config", "smoke", "--data", shards, "--workdir", str(work)]
-    assert main(argv + ["--experiment", "smoke-test"]) == 0
+    assert main(argv + ["--experiment", "smoke-test", "--register", "avtime-smoke"]) == 0
     summary = _last_json(capsys.readouterr().out)
+    assert summary["registered"] == "models:/avtime-smoke@final"
     cfg = smoke()
     assert summary["tracking_uri"] == f"sqlite:///{work / 'mlflow.db'}"
     assert summary["metrics"]["step"] == cfg.train.steps
@@ -117,6 +118,14 @@ def test_smoke_two_workers_tracks_mlflow_and_checkpoints_locally(
     artifacts = {a.path for d in ("config", "encoders", "contact_sheet")
                  for a in client.list_artifacts(run.info.run_id, d)}  # fmt: skip
     assert artifacts == {"config/config.yaml", "encoders/encoders.pt", "contact_sheet/batch.png"}
+    models = _check_lineage(
+        client, run, shards, {s: run_dir / checkpoint.dir_name(s) for s in steps}
+    )
+    assert summary["model_id"] == models[cfg.train.steps].model_id
+    assert run.data.tags["avtime.model_id"] == summary["model_id"]
+    version = client.get_model_version_by_alias("avtime-smoke", "final")
+    assert version.source == f"models:/{summary['model_id']}"
+    assert version.run_id == run.info.run_id
 
     argv = ["eval", "pretext", "--checkpoint", str(ckpt), "--data", shards, "--json"]
     assert main(argv + ["--epochs", "1"]) == 0
@@ -128,28 +137,134 @@ def test_smoke_two_workers_tracks_mlflow_and_checkpoints_locally(
     for head in result["heads"].values():
         assert 0.0 <= head["accuracy"] <= 1.0 and 0.0 < head["chance"] <= 0.5
     assert 0.0 <= result["retrieval_a2v"]["r1"] <= 1.0
+    _eval_through_the_registry(summary, ckpt, tmp_path, monkeypatch, capsys)
+
+
+def _eval_through_the_registry(
+    summary: dict[str, Any],
+    ckpt: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`avtime eval --checkpoint models:/avtime-smoke@final` loads the path's checkpoint and logs
+    its metrics against the logged model and the evaluation set; compare lists them."""
+    from avtime.training.eval.fabricate import make_tree
+    from avtime.training.eval.model_io import load_model
+
+    uri, model_id = summary["tracking_uri"], summary["model_id"]
+    by_path = load_model(str(ckpt))
+    for ref in (f"models:/{model_id}", "models:/avtime-smoke@final", "models:/avtime-smoke/1"):
+        loaded = load_model(ref, tracking_uri=uri)
+        assert loaded.resolved == str(ckpt) and loaded.model_id == model_id
+        assert (loaded.step, loaded.parent_run_id) == (by_path.step, by_path.parent_run_id)
+        for key, value in by_path.model.state_dict().items():
+            assert (loaded.model.state_dict()[key] == value).all(), key
+    tree = make_tree("ucf101", tmp_path / "ucf101", per_class=3, classes=3)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("AVTIME_EVAL_CACHE", str(tmp_path / "eval_cache"))
+    argv = ["eval", "action", "--checkpoint", "models:/avtime-smoke@final", "--dataset", "ucf101",
+            "--root", str(tree), "--clips", "2", "--short-side", "32", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = _last_json(capsys.readouterr().out)
+    assert result["checkpoint_uri"] == str(ckpt) and result["model_id"] == model_id
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["avtime.parent_run_id"] == summary["mlflow_run_id"]
+    assert run.data.tags["avtime.git.commit"] and run.data.tags["avtime.device"] == "cpu"
+    [data] = run.inputs.dataset_inputs
+    assert data.dataset.name == "ucf101-split1" and len(data.dataset.digest) == 16
+    assert {t.value for t in data.tags} == {"evaluation"}
+    assert [m.model_id for m in run.inputs.model_inputs] == [model_id]
+    evals = [m for m in client.get_logged_model(model_id).metrics if m.run_id == run.info.run_id]
+    top1 = {m.key: m for m in evals}["ucf101-split1.action-linear.top1"]
+    assert top1.value == pytest.approx(result["top1"]) and top1.dataset_name == "ucf101-split1"
+    assert top1.dataset_digest == data.dataset.digest
+    argv = ["compare", "--tracking-uri", uri, "--experiment", "smoke-test"]
+    assert main(argv + ["--format", "json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["dataset"] == f"shards@{row_digest(client, summary)}"
+    final = {m["model_id"]: m for m in row["models"]}[model_id]
+    assert final["evals"]["ucf101-split1.action-linear.top1"] == pytest.approx(result["top1"])
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "checkpoints (MLflow logged models) and their evaluations:" in out
+    assert model_id in out
+
+
+def row_digest(client: MlflowClient, summary: dict[str, Any]) -> str:
+    """The first 8 characters of the training run's manifest digest."""
+    return str(client.get_run(summary["mlflow_run_id"]).data.params["data.manifest_sha256"][:8])
+
+
+def _check_lineage(
+    client: MlflowClient, run: Any, shards: str, checkpoints: dict[int, Any]
+) -> dict[int, Any]:
+    """The run's MLflow 3 records: provenance tags, the training dataset input (digest of the
+    manifest, profile), one READY logged model per kept checkpoint (step, storage URI, config
+    params, run output at its step, that step's metrics linked to it and the dataset)."""
+    from avtime.pipelines import storage
+    from avtime.training.engine import lineage
+
+    tags = run.data.tags
+    assert len(tags["avtime.git.commit"]) == 40 and tags["avtime.git.dirty"] in ("true", "false")
+    assert tags["avtime.device"] == "cpu" and tags["avtime.version.torch"] not in ("", "none")
+    assert {f"avtime.version.{p}" for p in ("avtime", "torch", "ray", "av")} <= set(tags)
+    [data] = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in data.tags} == {"mlflow.data.context": "training"}
+    assert data.dataset.digest == run.data.params["data.manifest_sha256"]
+    assert data.dataset.name == "shards" and data.dataset.source_type == "local"
+    assert json.loads(data.dataset.source)["uri"] == shards.rstrip("/")
+    profile = json.loads(data.dataset.profile)
+    manifest = json.loads(storage.read_bytes(f"{shards}/manifest.json"))["counts"]
+    assert profile["rows"] == manifest["rows"] > 0 and profile["sources"] == 6
+    assert profile["rejects"] == 0 and 0 < profile["video_hours"] < 0.01
+    found = lineage.run_models(client, run.info.experiment_id, run.info.run_id)
+    models = {int(m.tags["avtime.step"]): m for m in found}
+    assert sorted(models) == sorted(checkpoints)
+    outputs = {o.model_id: o.step for o in run.outputs.model_outputs}
+    for step, model in models.items():
+        assert model.tags["avtime.checkpoint"] == str(checkpoints[step])
+        assert str(model.status) == "READY"
+        assert model.model_type == "avtime-checkpoint" and outputs[model.model_id] == step
+        assert model.params["optim.lr"] == run.data.params["optim.lr"]
+        linked = {m.key: m for m in model.metrics}
+        assert {"loss", "acc_order_av", "lr"} <= set(linked)
+        loss = linked["loss"]
+        assert loss.step == step and loss.run_id == run.info.run_id
+        assert (loss.dataset_name, loss.dataset_digest) == (data.dataset.name, data.dataset.digest)
+    return models
 
 
 def test_smoke_on_s3_logs_to_mlflow_server_without_secrets(
     shards: str, tmp_path: Path, s3_env: S3Server, mlflow_server: MlflowServer
 ) -> None:
     bucket = s3_env.bucket("avtime-train")
-    cfg = apply_overrides(smoke(), [f"train.storage_path={bucket}/ckpt", "train.steps=4"])
+    overrides = [f"train.storage_path={bucket}/ckpt", "train.steps=4", "train.keep_checkpoints=1"]
+    cfg = apply_overrides(smoke(), overrides)
     outcome = train(
-        TrainRequest(cfg=cfg, data=shards, workdir=str(tmp_path), tracking_uri=mlflow_server.uri)
-    )
+        TrainRequest(cfg=cfg, data=shards, workdir=str(tmp_path), tracking_uri=mlflow_server.uri,
+                     register="avtime-s3", alias="best")
+    )  # fmt: skip
     assert outcome.checkpoint == f"{bucket}/ckpt/{outcome.run_name}/step_00000004"
     fs = s3_env.filesystem()
     fs.invalidate_cache()
-    for step in (3, 4):
-        folder = f"avtime-train/ckpt/{outcome.run_name}/{checkpoint.dir_name(step)}"
-        assert {p.rsplit("/", 1)[-1] for p in fs.ls(folder)} >= {"state.pt", "meta.json"}
+    folder = f"avtime-train/ckpt/{outcome.run_name}/{checkpoint.dir_name(4)}"
+    assert {p.rsplit("/", 1)[-1] for p in fs.ls(folder)} >= {"state.pt", "meta.json"}
     local, tmp = checkpoint.fetch(outcome.checkpoint)
     assert tmp is not None and checkpoint.load(local)[0].step == 4
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     run = client.get_run(outcome.mlflow_run_id)
     assert run.info.status == "FINISHED"
+    # keep_checkpoints=1: the step-3 checkpoint was dropped, and with it its logged model
+    models = _check_lineage(client, run, shards, {4: outcome.checkpoint})
+    assert outcome.registered == "models:/avtime-s3@best"
+    assert models[4].model_id == outcome.model_id
+    from avtime.training.eval.model_io import load_model
+
+    loaded = load_model("models:/avtime-s3@best", tracking_uri=mlflow_server.uri)
+    assert loaded.resolved == outcome.checkpoint and loaded.step == 4
     assert _metric_steps(client, run.info.run_id, "loss") == [1, 2, 3, 4]
     assert run.data.params["train.storage_path"] == f"{bucket}/ckpt"
     logged = json.dumps({"params": run.data.params, "tags": run.data.tags})
@@ -229,6 +344,12 @@ def test_killed_worker_restarts_from_checkpoint_in_the_same_mlflow_run(
     assert resumed and all(m.value % 5 == 0 and 5 <= m.value < 30 for m in resumed)
     for key in ("loss", "lr", "acc_order_av", "data_wait_fraction"):
         assert _metric_steps(client, run.info.run_id, key) == list(range(1, 31))
+    from avtime.training.engine import lineage
+
+    # one READY logged model per checkpoint step: a step saved again after the restart reuses it
+    models = lineage.run_models(client, run.info.experiment_id, run.info.run_id)
+    assert [int(m.tags["avtime.step"]) for m in models] == list(range(5, 31, 5))
+    assert {str(m.status) for m in models} == {"READY"}
 
 
 def test_local_ray_runs_workers_at_niceness_zero_and_samplers_lower_themselves() -> None:
@@ -257,3 +378,67 @@ def test_local_ray_runs_workers_at_niceness_zero_and_samplers_lower_themselves()
     assert out.returncode == 0, out.stderr[-2000:]
     worker_nice, sampler_nice = (int(v) for v in out.stdout.split()[-2:])
     assert (worker_nice, sampler_nice) == (os.nice(0), 19)
+
+
+class _Trainer:
+    """Stands in for TorchTrainer in `_fit`: its fit() raises, or signals this process."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def fit(self) -> None:
+        if self.action == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        raise RuntimeError("worker crashed")
+
+
+def test_fit_ends_the_mlflow_run_killed_on_sigterm_and_failed_on_a_crash(tmp_path: Path) -> None:
+    from avtime.training.engine import tracking
+    from avtime.training.engine.trainer import _fit
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    before = signal.getsignal(signal.SIGTERM)
+    for action, status, raised in (("sigterm", "KILLED", KeyboardInterrupt),
+                                   ("crash", "FAILED", RuntimeError)):  # fmt: skip
+        run_id = tracking.open_run(
+            uri=uri, experiment="signals", run_name=action, params={}, tags={}, run_id=None
+        )
+        assert client.get_run(run_id).info.status == "RUNNING"
+        with pytest.raises(raised):
+            _fit(_Trainer(action), uri, run_id)
+        assert client.get_run(run_id).info.status == status
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
+
+
+def test_ctrl_c_during_a_real_run_marks_it_killed(shards: str, tmp_path: Path) -> None:
+    """SIGINT to `avtime train` once its run is logging: exit 130, one line, run KILLED."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avtime.training.cli.main", "train", "--config", "smoke",
+         "--set", "train.steps=100000", "--set", "train.num_workers=1", "--data", shards,
+         "--workdir", str(tmp_path), "--experiment", "ctrl-c"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + 300
+    run = None
+    while run is None or "loss" not in run.data.metrics:
+        assert proc.poll() is None and time.monotonic() < deadline, "training never logged"
+        time.sleep(1.0)
+        exp = client.get_experiment_by_name("ctrl-c") if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        run = runs[0] if runs else None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert [line for line in err.splitlines() if line.startswith("avtime")] == [
+        "avtime train: interrupted"
+    ]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"

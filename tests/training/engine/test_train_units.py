@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,3 +168,27 @@ def test_progress_line_shows_step_loss_every_head_and_data_wait() -> None:
     assert line.startswith("train: step 50/1500 loss 2.500 ")
     assert "order_av 0.40 speed_video 0.62" in line and "lr" not in line
     assert line.endswith("42 ex/s, data wait 3%")
+
+
+def test_checkpoint_with_a_pickled_payload_is_refused_and_not_run(tmp_path: Path) -> None:
+    """A state.pt that holds code (here: a call to os.system) fails to load as tensors; the
+    error names the file and says nothing of weights_only=False; the payload never runs."""
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / checkpoint.dir_name(1)
+    folder.mkdir()
+    meta = checkpoint.CheckpointMeta(step=1, data_epoch=0, examples_seen=0, mlflow_run_id="r")
+    (folder / checkpoint.META_FILE).write_text(json.dumps(dataclasses.asdict(meta)))
+    (folder / checkpoint.STATE_FILE).write_bytes(pickle.dumps({"model": Payload()}))
+    with pytest.raises(checkpoint.CheckpointError, match="state.pt is not an avtime") as err:
+        checkpoint.load(folder)
+    assert "weights_only=False" not in str(err.value) and not marker.exists()
+    (folder / checkpoint.STATE_FILE).write_bytes(os.urandom(512))
+    with pytest.raises(checkpoint.CheckpointError, match="refused it"):
+        checkpoint.load(folder)

@@ -1,7 +1,11 @@
-"""`avtime compare --experiment NAME [--metrics m1,m2] [--filter ...] [--sort M] [--plot out.png]`.
+"""`avtime compare --experiment NAME [--metrics m1,m2] [--filter ...] [--sort M] [--by dataset]
+[--plot out.png]`.
 
-Prints one row per training run (the params that differ, final and best metrics, linked eval
-results as `eval:` columns), best first, and optionally writes a PNG of the metric curves.
+Prints one row per training run (the params that differ, its training dataset, final and best
+metrics, linked eval results as `eval:` columns), best first, then each run's checkpoints
+(logged models) with the evaluations logged against them, and optionally writes a PNG of the
+metric curves and of each checkpoint evaluation against the checkpoint step. Runs that trained
+on different data are compared with a warning.
 The rules (best = min for loss-like names, max otherwise; how eval runs link) are in
 `training.cluster.compare` and docs/cluster.md.
 """
@@ -45,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sort by this metric's best value, or a column (loss:final, eval:top1); "
         "default: the first metric",
     )
+    parser.add_argument(
+        "--by", choices=("dataset",), default=None,
+        help="group the rows by training dataset (name@digest)",
+    )  # fmt: skip
     parser.add_argument("--plot", default=None, metavar="PNG", help="write metric curves here")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--max-runs", type=int, default=200, help="at most this many runs")
@@ -81,9 +89,12 @@ def _run(args: argparse.Namespace) -> int:
         sort=args.sort,
         params=_split(args.params),
         max_runs=args.max_runs,
+        by=args.by or "",
     )
+    for warning in cmp.warnings:
+        print(f"avtime compare: {warning}", file=sys.stderr)
     if args.format == "json":
-        print(json.dumps(compare.records(cmp), indent=2))
+        print(json.dumps(compare.records(cmp, models=True), indent=2))
     elif args.format == "csv":
         print(_csv(compare.records(cmp)), end="")
     else:

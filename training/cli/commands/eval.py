@@ -1,6 +1,6 @@
 """`avtime eval`: the paper's transfer protocols, and the pretext heads.
 
-    avtime eval {action,retrieval,audio,fingerprint} --checkpoint CKPT|random
+    avtime eval {action,retrieval,audio,fingerprint} --checkpoint CKPT|models:/...|random
         --dataset {ucf101,hmdb51,esc50,vggsound,folder} --root PATH|s3://...
         [--split 1|2|3] [--mode linear|finetune] [--json]
     avtime eval pretext ...   (the trainer's pretext-head evaluation, training/eval/pretext.py)
@@ -33,7 +33,9 @@ def _pretext_module() -> Any:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder/URI, or 'random'")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder/URI, models:/<model_id>, models:/<name>@<alias>, "
+                        "or 'random'")  # fmt: skip
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset root: local path or s3://...")
     p.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="UCF101/HMDB51 split")
@@ -156,6 +158,7 @@ def _params(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
         "split": args.split if args.dataset in ("ucf101", "hmdb51") else "",
         "mode": getattr(args, "mode", ""),
         "checkpoint": args.checkpoint,
+        "checkpoint_uri": ctx.loaded.resolved,
         "checkpoint_step": ctx.loaded.step,
         "preset": ctx.loaded.cfg.preset,
         "clips_per_segment": args.clips,
@@ -166,35 +169,48 @@ def _params(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
     }
 
 
-def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> str | None:
+def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> tuple[str, str] | None:
+    """Log the eval run, linked to the checkpoint's logged model and the evaluation set;
+    (run id, model id or "")."""
     if args.no_mlflow:
         return None
+    import torch
+
+    from avtime.training.engine import lineage
+    from avtime.training.engine.tracking import tracking_uri
     from avtime.training.eval.mlflow_log import log_eval, metric_prefix
 
+    uri = tracking_uri()
     split = args.split if args.dataset in ("ucf101", "hmdb51") else None
     prefix = metric_prefix(args.protocol, args.dataset, split, getattr(args, "mode", None))
-    return log_eval(
+    loaded = ctx.loaded
+    model_id = loaded.model_id or lineage.model_for_checkpoint(
+        uri, loaded.parent_run_id, loaded.step
+    )
+    run_id = log_eval(
         protocol=args.protocol,
         dataset=args.dataset,
-        params=_params(args, ctx),
+        params={**_params(args, ctx), "model_id": model_id or ""},
         result=result,
-        parent_run_id=ctx.loaded.parent_run_id,
+        parent_run_id=loaded.parent_run_id,
         prefix=prefix,
+        uri=uri,
+        model_id=model_id,
+        data=lineage.eval_dataset(ctx.listing, split),
+        device="cuda" if torch.cuda.is_available() else "cpu",
     )
+    return run_id, model_id or ""
 
 
 def _summary(result: dict[str, Any]) -> str:
+    """`key=value, ...` with floats to 4 places and nested dicts (e.g. per distortion, and
+    random init's beside them) in braces."""
     parts = []
     for key, value in result.items():
         if isinstance(value, float):
             parts.append(f"{key}={value:.4f}")
         elif isinstance(value, dict):
-            inner = ", ".join(
-                f"{k}: " + " ".join(f"{m}={v:.3f}" for m, v in d.items())
-                for k, d in value.items()
-                if isinstance(d, dict)
-            )
-            parts.append(f"{key}={{{inner}}}")
+            parts.append(f"{key}={{{_summary(value)}}}")
         else:
             parts.append(f"{key}={value}")
     return ", ".join(parts)
@@ -228,12 +244,16 @@ def run(args: argparse.Namespace) -> int:
     except (LayoutError, FileNotFoundError, ValueError) as exc:
         print(f"avtime eval {args.protocol}: {exc}", file=sys.stderr)
         return 2
-    run_id = _log(args, ctx, result)
+    logged = _log(args, ctx, result)
     result = {**result, "checkpoint": args.checkpoint, "dataset": args.dataset}
+    if ctx.loaded.resolved and ctx.loaded.resolved != args.checkpoint:
+        result["checkpoint_uri"] = ctx.loaded.resolved
     if args.dataset in ("ucf101", "hmdb51"):
         result["split"] = args.split
-    if run_id:
-        result["mlflow_run_id"] = run_id
+    if logged:
+        result["mlflow_run_id"] = logged[0]
+        if logged[1]:
+            result["model_id"] = logged[1]
     result["seconds"] = round(time.monotonic() - t0, 1)
     print(f"eval {args.protocol} on {args.dataset}: {_summary(result)}")
     if args.json:

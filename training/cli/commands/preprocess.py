@@ -54,11 +54,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="parallel decode tasks (default: CPUs)"
     )
+    _mlflow_arguments(parser)
+
+
+def _mlflow_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--experiment` and the verify report it logs."""
+    parser.add_argument(
+        "--experiment", default="", metavar="NAME",
+        help="also log an MLflow run in experiment NAME: the shards as a dataset, the manifest, "
+        "a rejects summary and a verify report (store: MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--verify-fraction", type=float, default=0.1, metavar="F",
+        help="with --experiment: share of rows whose frames verify decodes (default 0.1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-verify", action="store_true", help="with --experiment: skip the verify report"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the job; 0 = success, 1 = nothing usable / too many rejects / job error, 2 = usage."""
-    from avtime.pipelines.ingest.job import IngestError, run_ingest
+    from avtime.pipelines.ingest.job import IngestError, LockError, run_ingest
     from avtime.pipelines.ingest.listing import ListingError
     from avtime.pipelines.storage import StorageError
 
@@ -78,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         res = run_ingest(args.src, args.dst, cfg, labels=args.labels, workers=args.workers)
-    except (IngestError, ListingError, StorageError) as exc:
+    except (IngestError, ListingError, LockError, StorageError) as exc:
         print(f"avtime preprocess: error: {exc}", file=sys.stderr)
         return 1
     code = 0
@@ -93,4 +110,28 @@ def run(args: argparse.Namespace) -> int:
         )
         code = 1
     print(res.summary_line(), flush=True)
+    if args.experiment and res.rows > 0:
+        code = max(code, _log_run(args, cfg))
     return code
+
+
+def _log_run(args: argparse.Namespace, cfg: IngestConfig) -> int:
+    """Log the preprocessing as an MLflow run (`--experiment`); 0, or 1 when that failed."""
+    from dataclasses import asdict
+
+    from avtime.pipelines.verify.job import VerifyError
+    from avtime.training.engine.preprocess_log import log_preprocessing
+    from avtime.training.engine.tracking import redact_url, tracking_uri
+
+    uri = tracking_uri()
+    params = {**asdict(cfg), "src": args.src, "dst": args.dst, "labels": args.labels or ""}
+    try:
+        run_id = log_preprocessing(
+            uri=uri, experiment=args.experiment, dst=args.dst, params=params,
+            verify_fraction=None if args.no_verify else args.verify_fraction,
+        )  # fmt: skip
+    except (VerifyError, OSError, ValueError) as exc:
+        print(f"avtime preprocess: MLflow logging failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"MLflow run {run_id} in experiment {args.experiment!r} at {redact_url(uri)}")
+    return 0

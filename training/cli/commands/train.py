@@ -2,7 +2,8 @@
 
 Pretrains with Ray Train, tracked in MLflow (see docs/training.md). Rerunning the same command
 resumes from the run's latest checkpoint. The last line printed is one JSON object with
-`mlflow_run_id`, `tracking_uri`, `checkpoint` and the final `metrics`.
+`mlflow_run_id`, `tracking_uri`, `checkpoint`, the final `metrics`, the final checkpoint's
+logged `model_id` and, with `--register NAME`, `registered` (`models:/NAME@final`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workdir", default="",
         help="folder for checkpoints/ and mlflow.db when not configured (default: cwd)",
     )  # fmt: skip
+    parser.add_argument(
+        "--register", default="", metavar="NAME",
+        help="register the final checkpoint's MLflow logged model as a new version of NAME",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alias", default="final",
+        help="with --register: the alias moved to the new version (default: final; '' = none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-weights", action="store_true",
+        help="also copy each checkpoint's files into its MLflow logged model (default: the "
+        "model records the checkpoint's storage URI only)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.config, args.overrides)
     request = TrainRequest(
-        cfg=cfg, data=args.data, experiment=args.experiment, name=args.name, workdir=args.workdir
-    )
+        cfg=cfg, data=args.data, experiment=args.experiment, name=args.name, workdir=args.workdir,
+        register=args.register, alias=args.alias, log_weights=args.log_weights,
+    )  # fmt: skip
     try:
         outcome = train(request)
     except ConfigError:
@@ -57,5 +72,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"MLflow run {outcome.mlflow_run_id} at {summary['tracking_uri']}")
     print(f"  open the UI: {ui_command(summary['tracking_uri'])}")
     print(f"final checkpoint: {outcome.checkpoint}")
+    if outcome.model_id:
+        print(f"  its MLflow logged model: models:/{outcome.model_id}")
+    if outcome.registered:
+        print(f"  registered as {outcome.registered}")
     print(json.dumps(summary, sort_keys=True))
     return 0
