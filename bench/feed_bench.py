@@ -186,7 +186,7 @@ def run_tasks(
     n, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
     for task in tasks:
         batch = sample_units(task, fs=fs, cfg=cfg, sample_rate=sample_rate)
-        n += len(batch["video1"])
+        n += len(batch["example_key"])
     return n, time.process_time() - cpu0, time.perf_counter() - wall0
 
 

@@ -1,7 +1,7 @@
 """GPU check: the paper preset's training step on one GPU: examples/s, memory, bf16, layouts.
 
     python -m bench.gpu_check --out DIR [--batch-sizes 32,64,128] [--warmup 5] [--steps 20]
-        [--budget-s 420] [--cpu-examples-per-core X] [--cpu-smoke]
+        [--budget-s 420] [--cpu-examples-per-core X] [--skip-decode] [--cpu-smoke]
 
 One command, at most about 8 minutes on one H100, that needs only torch, torchvision, torchaudio
 and this checkout's `avtime.models` (no Ray, PyAV, MLflow, pyarrow or yaml; avtime need not be
@@ -19,8 +19,13 @@ by the same test) and reports, per variant:
 - whether every loss term and the gradient norm stayed finite under bf16;
 - the effect of channels_last_3d and torch.compile on the video encoder, and of
   cudnn.benchmark, at batch 32 (the paper preset's batch per GPU); and a 2 s audio clip.
-It also compares one bf16 step with fp32 (loss, gradient cosine) and times the host-to-device
-copy of a pinned batch. Cores per GPU = examples/s / the CPU feed's examples/s per core
+It also compares one bf16 step with fp32 (loss, gradient cosine), times the host-to-device
+copy of a pinned batch, and (unless `--skip-decode`) measures `data.stream.decode_on = "device"`:
+training/engine/device_decode.py `decode_batch` (loaded from its file, which imports only torch)
+on synthetic encoded batches (JPEGs of 128 x 171 textured frames, the paper preset's 16 x 112²
+clips, random crops, flips and jitter): examples/s of the whole decode + augment and of the
+batched `decode_jpeg` alone, and the largest and mean difference of the device's clips from
+the same function's on CPU (the CPU function matches the CPU sampler: a unit test). Cores per GPU = examples/s / the CPU feed's examples/s per core
 (`--cpu-examples-per-core`, from bench/feed_bench.py). Results: DIR/<date>-gpu-check.json and
 .md (DIR defaults to $OUT, else bench/results). Without CUDA it stops at once with one line,
 unless `--cpu-smoke`, which runs the same code path on CPU at tiny sizes for 2 steps.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -332,6 +338,77 @@ def h2d_check(setup: Setup, device: torch.device, batch: int, reps: int = 10) ->
     return {"batch": batch, "mb": nbytes / 1e6, "ms": ms, "gb_per_s": nbytes / 1e6 / ms}
 
 
+def load_device_decode() -> types.ModuleType:
+    """training/engine/device_decode.py as a module of its own (it imports only numpy, torch and
+    torchvision), without importing avtime.training (Ray, MLflow)."""
+    path = Path(__file__).resolve().parents[1] / "training" / "engine" / "device_decode.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_device_decode", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def encoded_batch(setup: Setup, batch: int, seed: int = 2) -> dict[str, Any]:
+    """A synthetic encoded batch (pipelines/pretext/stream.py `encoded_video` columns): per
+    clip T JPEGs (quality 90) of 128 x 171 smooth textured frames, random crop boxes of side
+    64..128 (the CPU path's reduce-1 range), flips and colour factors in [0.7, 1.3]."""
+    import numpy as np
+    from torchvision.io import encode_jpeg
+
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randint(0, 256, (48, 3, 16, 22), generator=g, dtype=torch.uint8).float()
+    pics = nn.functional.interpolate(low, size=(128, 171), mode="bicubic").clamp(0, 255)
+    jpegs = [bytes(encode_jpeg(p.to(torch.uint8), quality=90).numpy()) for p in pics]
+    t, n = setup.clip_frames, len(jpegs)
+    out: dict[str, Any] = {}
+    for k in (1, 2):
+        idx = torch.randint(0, n, (batch, t), generator=g).tolist()
+        blobs = np.empty(batch, dtype=object)
+        blobs[:] = [b"".join(jpegs[i] for i in row) for row in idx]
+        out[f"jpeg{k}"] = blobs
+        out[f"jpeg{k}_len"] = np.array([[len(jpegs[i]) for i in row] for row in idx])
+    side = torch.randint(64, 129, (batch, 2, 2), generator=g)  # (w, h)
+    left = (torch.rand(batch, 2, generator=g) * (171 - side[..., 0] + 1)).long()
+    top = (torch.rand(batch, 2, generator=g) * (128 - side[..., 1] + 1)).long()
+    out["box"] = torch.stack([left, top, left + side[..., 0], top + side[..., 1]], -1).numpy()
+    out["flip"] = torch.randint(0, 2, (batch, 2), generator=g).numpy()
+    out["color"] = (0.7 + 0.6 * torch.rand(batch, 2, 3, generator=g, dtype=torch.float64)).numpy()
+    out["label_video_order"] = np.zeros(batch, dtype=np.int64)
+    return out
+
+
+def decode_check(setup: Setup, device: torch.device, batch: int, reps: int = 5) -> dict[str, Any]:
+    """`decode_batch` on `device`: examples/s (whole, and `decode_jpegs` alone) and the
+    difference of its clips from the CPU's."""
+    dd = load_device_decode()
+    enc = encoded_batch(setup, batch)
+    lens = [*enc["jpeg1_len"], *enc["jpeg2_len"]]
+
+    def timed(fn: Callable[[], object]) -> float:
+        fn()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(device)
+        return batch * reps / (time.perf_counter() - t0)
+
+    size = setup.crop_size
+    whole = timed(lambda: dd.decode_batch(enc, size, device))
+    jpeg = timed(lambda: dd.decode_jpegs([*enc["jpeg1"], *enc["jpeg2"]], lens, device))
+    got, want = dd.decode_batch(enc, size, device), dd.decode_batch(enc, size, "cpu")
+    diff = torch.cat(
+        [(got[k].cpu().int() - want[k].int()).abs().flatten() for k in ("video1", "video2")]
+    )
+    return {
+        "batch": batch, "frames_per_batch": 2 * batch * setup.clip_frames,
+        "examples_per_s": whole, "decode_jpeg_examples_per_s": jpeg,
+        "vs_cpu_mean_abs_diff": float(diff.float().mean()), "vs_cpu_max_abs_diff": int(diff.max()),
+    }  # fmt: skip
+
+
 def variants(batch_sizes: Sequence[int], base: int) -> list[Variant]:
     """The batch-size sweep (eager), then the layout and compile variants at batch `base`."""
     out = [Variant(name=f"eager b{b}", batch=b) for b in batch_sizes]
@@ -469,7 +546,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['name']} | {r['batch']} | {r['examples_per_s']:.1f} | {r['ms_per_step']:.1f} "
             f"| {'n/a' if mem is None else f'{mem:.1f}'} | {r['first_step_s']:.1f} | {r['finite']} |"
         )
-    for key in ("effects_vs_eager", "precision", "h2d", "cores_per_gpu"):
+    for key in ("effects_vs_eager", "precision", "h2d", "device_decode", "cores_per_gpu"):
         lines.append(f"\n- **{key}:** {json.dumps(doc.get(key))}")
     return "\n".join(lines) + "\n"
 
@@ -491,6 +568,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=420.0, help="skip variants past this")
     p.add_argument("--compile-backend", default=None, help="default inductor (smoke: eager)")
     p.add_argument("--cpu-examples-per-core", type=float, default=FEED_EXAMPLES_PER_CORE)
+    p.add_argument("--skip-decode", action="store_true", help="skip the decode_on=device check")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU, 2 steps")
     return p.parse_args(list(argv) if argv is not None else None)
 
@@ -538,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc["h2d"] = guarded(h2d_check, setup, device, setup.batch_size)
     doc["precision"] = guarded(precision_check, setup, device, min(8, setup.batch_size))
     print(f"  h2d {json.dumps(doc['h2d'])}\n  bf16 vs fp32 {json.dumps(doc['precision'])}")
+    if not args.skip_decode:
+        doc["device_decode"] = guarded(decode_check, setup, device, setup.batch_size)
+        print(f"  device decode {json.dumps(doc['device_decode'])}", flush=True)
     for v in todo:
         need = ESTIMATE_S["compile" if v.compile else "eager"]
         if not args.cpu_smoke and time.monotonic() - start + need > args.budget_s:

@@ -114,9 +114,15 @@ class StreamConfig:
     # Sampling tasks raise their process's niceness to this (Ray starts workers at 15), so where
     # CPUs are short the Train worker runs first and the stream fills the gaps; -1 leaves it.
     nice: int = 19
+    # Where the video clips are decoded and augmented: "cpu" (the sampling tasks ship pixels) or
+    # "device" (they ship the planned frames' JPEG bytes and the augmentation parameters, and
+    # each training worker decodes and augments them in batches on its device; docs/training.md).
+    decode_on: Literal["cpu", "device"] = "cpu"
 
     def __post_init__(self) -> None:
         check_finite(self)
+        if self.decode_on not in ("cpu", "device"):
+            raise ValueError(f'decode_on must be "cpu" or "device", got {self.decode_on!r}')
         if self.batch_size < 1 or self.rows_per_task < 1 or self.examples_per_row < 1:
             raise ValueError("batch_size, rows_per_task and examples_per_row must be >= 1")
         if self.cpus_per_task <= 0:

@@ -3,7 +3,9 @@
 `make_example(row, cfg, rng, key)` is the whole sampler: plan (pipelines.pretext.plan), then decode only
 the JPEG frames the two video clips show (Pillow, with `Image.draft` for a cheap downscaled DCT
 decode when the crop is much larger than the output), crop/flip/jitter (pipelines.pretext.augment), and
-cut, speed up and reverse the two audio clips from the PCM s16le bytes.
+cut, speed up and reverse the two audio clips from the PCM s16le bytes. `encode_example` is the
+same sampler without the pixels (the planned frames' JPEG bytes and the augmentation parameters,
+for `data.stream.decode_on = "device"`); both start from `plan_row`.
 
 A row is a mapping with the columns of docs/CONTRACTS.md section 1 (frames as a sequence of
 encoded images, audio as bytes or None).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -150,6 +153,45 @@ def plan_arrays(row: Mapping[str, Any], geom: Geometry, plan: ExamplePlan) -> Ex
     }
 
 
+@dataclass(frozen=True)
+class PlannedExample:
+    """An example before its pixels: plan, the two clips' augmentations and the pixel-free
+    arrays (`plan_arrays`, `audio` float32 [2, L], `has_audio` float32 [])."""
+
+    geom: Geometry
+    plan: ExamplePlan
+    augs: tuple[VideoAug, VideoAug]
+    arrays: Example
+
+
+def plan_row(
+    row: Mapping[str, Any],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    *,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+) -> PlannedExample | None:
+    """Plan, augmentation draws and audio of one example (None when the segment is skipped).
+
+    Both renderings (`make_example`, `encode_example`) start here, so one seed gives one plan and
+    one set of augmentation parameters whichever of them draws the pixels.
+    """
+    geom, table = row_geometry(row, cfg, sample_rate)
+    if table.status == "skipped":
+        return None
+    plan = plan_example(geom, table, rng)
+    width, height = int(row["width"]), int(row["height"])
+    aug1, aug2 = (draw_video_aug(cfg.augment, width, height, rng) for _ in range(2))
+    has_audio = row.get("audio") is not None and int(row["num_samples"]) > 0
+    pcm = np.frombuffer(row["audio"], dtype="<i2") if has_audio else None
+    audio = np.stack([cut_audio(pcm, c, geom.audio_len) for c in plan.clips])
+    if has_audio:
+        audio = np.stack([augment_audio(a, cfg.augment, rng) for a in audio])
+    out = plan_arrays(row, geom, plan)
+    out.update(audio=audio, has_audio=np.array(float(has_audio), dtype=np.float32))
+    return PlannedExample(geom=geom, plan=plan, augs=(aug1, aug2), arrays=out)
+
+
 def make_example(
     row: Mapping[str, Any],
     cfg: DataConfig,
@@ -162,27 +204,50 @@ def make_example(
     Returns `video` uint8 [2, T, S, S, 3] (playback order), `audio` float32 [2, L], `has_audio`
     float32 [], and the arrays of `plan_arrays`.
     """
-    geom, table = row_geometry(row, cfg, sample_rate)
-    if table.status == "skipped":
+    p = plan_row(row, cfg, rng, sample_rate=sample_rate)
+    if p is None:
         return None
-    plan = plan_example(geom, table, rng)
-    width, height = int(row["width"]), int(row["height"])
-    augs = [draw_video_aug(cfg.augment, width, height, rng) for _ in range(2)]
-    frames = row["frames"]
-    size = cfg.augment.crop_size
+    frame_size = (int(row["width"]), int(row["height"]))
+    size, t = cfg.augment.crop_size, p.geom.clip_frames
     video = np.stack(
         [
-            decode_clip(frames, c.frame_indices(geom.clip_frames), aug, size, (width, height))
-            for c, aug in zip(plan.clips, augs)
+            decode_clip(row["frames"], c.frame_indices(t), aug, size, frame_size)
+            for c, aug in zip(p.plan.clips, p.augs)
         ]
     )
-    has_audio = row.get("audio") is not None and int(row["num_samples"]) > 0
-    pcm = np.frombuffer(row["audio"], dtype="<i2") if has_audio else None
-    audio = np.stack([cut_audio(pcm, c, geom.audio_len) for c in plan.clips])
-    if has_audio:
-        audio = np.stack([augment_audio(a, cfg.augment, rng) for a in audio])
-    out = plan_arrays(row, geom, plan)
-    out.update(video=video, audio=audio, has_audio=np.array(float(has_audio), dtype=np.float32))
+    return p.arrays | {"video": video}
+
+
+def encode_example(
+    row: Mapping[str, Any],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    *,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+) -> Example | None:
+    """`make_example` with the pixels left encoded, for decoding on the training device.
+
+    Same plan and draws as `make_example` for the same `rng`. Instead of `video` it returns, per
+    clip k in (1, 2): `jpeg{k}` object [] (the T planned frames' encoded bytes, concatenated in
+    playback order) and `jpeg{k}_len` int64 [T] (their lengths); and `box` int64 [2, 4] (crop box
+    in stored pixels, left/top/right/bottom), `flip` int64 [2], `color` float64 [2, 3]
+    (brightness, contrast, saturation). training/engine/device_decode.py renders them.
+    """
+    p = plan_row(row, cfg, rng, sample_rate=sample_rate)
+    if p is None:
+        return None
+    out = dict(p.arrays)
+    for k, clip in enumerate(p.plan.clips, start=1):
+        data = [bytes(row["frames"][int(i)]) for i in clip.frame_indices(p.geom.clip_frames)]
+        blob = np.empty((), dtype=object)
+        blob[()] = b"".join(data)
+        out[f"jpeg{k}"] = blob
+        out[f"jpeg{k}_len"] = np.array([len(d) for d in data], dtype=np.int64)
+    out["box"] = np.array([a.box for a in p.augs], dtype=np.int64)
+    out["flip"] = np.array([a.flip for a in p.augs], dtype=np.int64)
+    out["color"] = np.array(
+        [[a.brightness, a.contrast, a.saturation] for a in p.augs], dtype=np.float64
+    )
     return out
 
 

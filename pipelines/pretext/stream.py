@@ -28,7 +28,7 @@ import numpy as np
 
 from avtime.pipelines import storage
 from avtime.pipelines.config import DEFAULT_SAMPLE_RATE, DataConfig
-from avtime.pipelines.pretext.clips import Example, make_example, row_geometry
+from avtime.pipelines.pretext.clips import Example, encode_example, make_example, row_geometry
 from avtime.pipelines.pretext.plan import audio_length
 from avtime.pipelines.schema import MANIFEST_NAME, parse_manifest
 
@@ -152,12 +152,14 @@ def source_key(video_id: str) -> int:
 def sample_row(
     row: Mapping[str, Any], cfg: DataConfig, epoch: int, sample_rate: int = DEFAULT_SAMPLE_RATE
 ) -> list[Example]:
-    """The `examples_per_row` examples of one segment row for one epoch (none if skipped)."""
+    """The `examples_per_row` examples of one segment row for one epoch (none if skipped);
+    encoded (`encode_example`) when `cfg.stream.decode_on` is "device"."""
     out = []
     vid, seg = str(row["video_id"]), int(row["segment"])
+    sampler = encode_example if cfg.stream.decode_on == "device" else make_example
     for repeat in range(cfg.stream.examples_per_row):
         rng = example_rng(cfg.stream.seed, epoch, vid, seg, repeat)
-        ex = make_example(row, cfg, rng, sample_rate=sample_rate)
+        ex = sampler(row, cfg, rng, sample_rate=sample_rate)
         if ex is not None:
             ex["example_key"] = np.array(example_key(vid, seg, repeat), dtype=np.int64)
             ex["source_key"] = np.array(source_key(vid), dtype=np.int64)
@@ -175,16 +177,21 @@ def to_batch(
 ) -> dict[str, np.ndarray]:
     """Stack examples into the contract batch: video1/2 uint8 [B, 3, T, S, S], audio1/2 float32
     [B, L], has_audio float32 [B], label_* int64, example_key and source_key int64 [B]. `meta`
-    adds video_t, audio_span, audio_speed, audio_reverse, video_speed (for inspection)."""
+    adds video_t, audio_span, audio_speed, audio_reverse, video_speed (for inspection).
+
+    With `cfg.stream.decode_on` "device" the examples are encoded (`encode_example`) and the
+    batch carries `encoded_video` instead of video1/2 (see `encoded_video`)."""
     t, s = cfg.pretext.clip_frames, cfg.augment.crop_size
     if not examples:
         return _empty_batch(cfg, sample_rate)
-    video = np.empty((2, len(examples), 3, t, s, s), dtype=np.uint8)
-    for b, e in enumerate(examples):  # one copy each: [2, T, S, S, 3] -> [2, 3, T, S, S]
-        video[:, b] = e["video"].transpose(0, 4, 1, 2, 3)
-    out = {
-        "video1": video[0],
-        "video2": video[1],
+    if cfg.stream.decode_on == "device":
+        out = encoded_video(examples)
+    else:
+        video = np.empty((2, len(examples), 3, t, s, s), dtype=np.uint8)
+        for b, e in enumerate(examples):  # one copy each: [2, T, S, S, 3] -> [2, 3, T, S, S]
+            video[:, b] = e["video"].transpose(0, 4, 1, 2, 3)
+        out = {"video1": video[0], "video2": video[1]}
+    out |= {
         "audio1": np.stack([e["audio"][0] for e in examples]),
         "audio2": np.stack([e["audio"][1] for e in examples]),
         "has_audio": np.stack([e["has_audio"] for e in examples]).astype(np.float32),
@@ -195,7 +202,23 @@ def to_batch(
         ("video_t", "audio_span", "audio_speed", "audio_reverse", "video_speed") if meta else ()
     )
     out.update({k: np.stack([e[k] for e in examples]) for k in keys})
-    assert out["video1"].shape[1:] == (3, t, s, s)
+    assert "jpeg1" in out or out["video1"].shape[1:] == (3, t, s, s)
+    return out
+
+
+def encoded_video(examples: Sequence[Example]) -> dict[str, np.ndarray]:
+    """The video columns of a batch of encoded examples (`encode_example`): `jpeg1`, `jpeg2`
+    object [B] (bytes: a clip's T JPEGs concatenated; Arrow binary under Ray Data),
+    `jpeg1_len`, `jpeg2_len` int64 [B, T], `box` int64 [B, 2, 4], `flip` int64 [B, 2] and
+    `color` float64 [B, 2, 3]. training/engine/device_decode.py `decode_batch` renders them into
+    video1/2 uint8 [B, 3, T, S, S]."""
+    out: dict[str, np.ndarray] = {}
+    for k in ("jpeg1", "jpeg2"):
+        blobs = np.empty(len(examples), dtype=object)
+        blobs[:] = [e[k].item() for e in examples]
+        out[k] = blobs
+    for k in ("jpeg1_len", "jpeg2_len", "box", "flip", "color"):
+        out[k] = np.stack([e[k] for e in examples])
     return out
 
 
@@ -215,6 +238,14 @@ def _empty_batch(cfg: DataConfig, sample_rate: int) -> dict[str, np.ndarray]:
         out[k] = np.zeros(
             (0,) if k in ("label_video_order", "label_audio_order") else (0, 2), np.int64
         )
+    if cfg.stream.decode_on == "device":  # the columns of `encoded_video`
+        del out["video1"], out["video2"]
+        out |= {
+            "jpeg1": np.empty(0, dtype=object), "jpeg2": np.empty(0, dtype=object),
+            "jpeg1_len": np.zeros((0, t), np.int64), "jpeg2_len": np.zeros((0, t), np.int64),
+            "box": np.zeros((0, 2, 4), np.int64), "flip": np.zeros((0, 2), np.int64),
+            "color": np.zeros((0, 2, 3), np.float64),
+        }  # fmt: skip
     return out
 
 

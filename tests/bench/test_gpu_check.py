@@ -110,4 +110,6 @@ print(json.dumps({{"code": code, "models": avtime.models.__file__}}))
     assert "torch.compile(video) + channels_last_3d" in names and "audio 2 s" in names
     assert all(v["finite"] and v["examples_per_s"] > 0 for v in doc["variants"]), doc["variants"]
     assert doc["precision"]["finite"] and doc["cores_per_gpu"]["eager_cores"] > 0
+    decode = doc["device_decode"]  # training/engine/device_decode.py, loaded from its file
+    assert decode.get("examples_per_s", 0) > 0 and decode["vs_cpu_max_abs_diff"] == 0, decode
     assert (tmp_path / path.name.replace(".json", ".md")).read_text().startswith("# GPU check")

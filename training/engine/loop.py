@@ -351,10 +351,7 @@ def _batches_forever(shard: Any, cfg: RunConfig, device: torch.device) -> Iterat
     passes = 0
     while True:
         n = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=cfg.data.stream.batch_size, drop_last=True, prefetch_batches=2,
-            device=device, pin_memory=device.type == "cuda",
-        ):  # fmt: skip
+        for batch in _shard_batches(shard, cfg, device):
             n += 1
             yield batch
         if n == 0:
@@ -364,6 +361,25 @@ def _batches_forever(shard: Any, cfg: RunConfig, device: torch.device) -> Iterat
             )
         passes += 1
         log.warning("training stream exhausted after %d batches; pass %d again", n, passes)
+
+
+def _shard_batches(shard: Any, cfg: RunConfig, device: torch.device) -> Iterator[Batch]:
+    """One pass over the shard as full contract batches on `device`. With
+    `data.stream.decode_on = "device"` the shard holds encoded batches (JPEG bytes and
+    augmentation parameters), decoded and augmented here on `device` (`device_decode`)."""
+    size = cfg.data.stream.batch_size
+    if cfg.data.stream.decode_on == "device":
+        from avtime.training.engine.device_decode import decode_batch
+
+        for encoded in shard.iter_batches(
+            batch_size=size, drop_last=True, prefetch_batches=2, batch_format="numpy"
+        ):
+            yield decode_batch(encoded, cfg.data.augment.crop_size, device)
+        return
+    yield from shard.iter_torch_batches(
+        batch_size=size, drop_last=True, prefetch_batches=2, device=device,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
 
 
 def _first_step(st: WorkerState, batch: Batch, logger: Logger, job: JobSpec) -> None:

@@ -77,7 +77,7 @@ def eval_data_config(cfg: RunConfig) -> Any:
     return replace(
         data,
         augment=replace(data.augment, enabled=False),
-        stream=replace(data.stream, examples_per_row=1),
+        stream=replace(data.stream, examples_per_row=1, decode_on="cpu"),
     )
 
 
