@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -52,21 +53,27 @@ def redacted_endpoint() -> str:
     return url
 
 
-def s3_unreachable(exc: BaseException) -> str | None:
-    """The name of the first error in `exc`'s chain (Ray's `.cause`, `__cause__`,
-    `__context__`) that means S3 did not answer, or None. A Ray task's error arrives as text
-    (the remote traceback inside the RayTaskError's message), so the messages are read too."""
-    pattern = re.compile(r"\b(" + "|".join(S3_UNREACHABLE) + r")\b")
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it wraps: Ray's `.cause`, else `__cause__` or `__context__` (no cycles)."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        names = [c.__name__ for c in type(cur).__mro__]
-        found = [n for n in names if n in S3_UNREACHABLE] or pattern.findall(str(cur))
-        if found:
-            return str(found[0])
+        yield cur
         nxt = getattr(cur, "cause", None)
         cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
+
+
+def s3_unreachable(exc: BaseException) -> str | None:
+    """The name of the first error in `exc`'s chain (`error_chain`) that means S3 did not
+    answer, or None. A Ray task's error arrives as text (the remote traceback inside the
+    RayTaskError's message), so the messages are read too."""
+    pattern = re.compile(r"\b(" + "|".join(S3_UNREACHABLE) + r")\b")
+    for link in error_chain(exc):
+        names = [c.__name__ for c in type(link).__mro__]
+        found = [n for n in names if n in S3_UNREACHABLE] or pattern.findall(str(link))
+        if found:
+            return str(found[0])
     return None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from avtime.pipelines import storage
 
@@ -29,17 +29,7 @@ USER_ERRORS = (
 S3_AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
 
 
-def chain(exc: BaseException) -> Iterator[BaseException]:
-    """`exc`, then what it wraps: Ray's `.cause`, `__cause__`, `__context__` (no cycles)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        nxt = getattr(cur, "cause", None)
-        if not isinstance(nxt, BaseException):
-            nxt = cur.__cause__ or cur.__context__
-        cur = nxt
+chain = storage.error_chain  # `exc`, then what it wraps (Ray's .cause, __cause__)
 
 
 def _first_line(text: str) -> str:
