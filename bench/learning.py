@@ -1,7 +1,7 @@
 """The learning loop: does a configuration's pretraining beat random init? One row per seed.
 
     python -m bench.learning [--label NAME] [--set KEY=VALUE ...] [--seeds 0] [--steps 1500]
-        [--synth-args "--no-lamps --no-ambience"] [--workdir learning_out] [--out FILE.md]
+        [--synth-args "--world sand"] [--workdir learning_out] [--out FILE.md] [--pretext]
 
 For each seed, one row:
 1. the real `avtime train --config demo` path on an unlabeled pretraining corpus (`avtime
@@ -9,6 +9,9 @@ For each seed, one row:
 2. the linear probe (`avtime eval action --mode linear`: cross-validated L2, whole-video
    predictions) and retrieval R@k on a held-out labeled corpus (seed 300, never used by a test),
    for the checkpoint and for random init of the same configuration at the same seed.
+
+3. with `--pretext`, S2: every pretext head's accuracy and audio->video R@1 on held-out shards
+   of a third corpus (24 videos, seed 301), written to `<out>-pretext.md` beside the table.
 
 Each row is appended to a dated markdown table (default `bench/results/<today>-learning.md`)
 as soon as it ends, so every experiment lands, negative ones included. The baseline of every
@@ -32,7 +35,7 @@ from typing import Any
 
 from bench.ablation_bench import _avtime
 
-PRETRAIN_SEED, EVAL_SEED = 100, 300  # corpus seeds no test uses
+PRETRAIN_SEED, EVAL_SEED, PRETEXT_SEED = 100, 300, 301  # corpus seeds no test uses
 RUN_BY_DEFAULT = False  # a quarter hour per row: `python -m bench learning` runs it
 HEADER = (
     "| date | label | overrides | corpus | seed | steps | train min | probe top-1 (random) | "
@@ -52,6 +55,41 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
                 "--test-fraction", "0.3", *common, cwd=work)  # fmt: skip
     if not (work / "shards" / "manifest.json").exists():
         _avtime("preprocess", "pretrain", "shards", cwd=work)
+    if args.pretext and not (work / "heldout_shards" / "manifest.json").exists():
+        if not (work / "heldout" / "labels.csv").exists():
+            _avtime("synth", "heldout", "--videos", "24", "--seed", str(PRETEXT_SEED), *common,
+                    cwd=work)  # fmt: skip
+        _avtime("preprocess", "heldout", "heldout_shards", cwd=work)
+
+
+def pretext(work: Path, checkpoint: str) -> dict[str, Any]:
+    """S2 of one checkpoint: `avtime eval pretext` on the held-out shards (2 passes)."""
+    return _avtime("eval", "pretext", "--checkpoint", checkpoint, "--data", "heldout_shards",
+                   "--json", cwd=work)  # fmt: skip
+
+
+def append_pretext(path: Path, row: dict[str, Any], result: dict[str, Any]) -> None:
+    """Append one S2 row: each head's accuracy (* = under chance + 30 points) and a->v R@1."""
+    heads = result["heads"]
+    names = sorted(heads)
+    if not path.exists():
+        path.write_text(
+            f"# Held-out pretext heads (S2), {row['date']}\n\n`python -m bench.learning "
+            "--pretext`: `avtime eval pretext` on 24 held-out videos (seed 301, the row's synth "
+            "flags). * marks a head under chance + 30 points; the a->v bar is 5x chance.\n\n"
+            f"| label | seed | {' | '.join(names)} | a->v R@1 (x chance) |\n"
+            f"|---|---|{'---|' * len(names)}---|\n"
+        )
+    cells = [
+        f"{heads[n]['accuracy']:.3f}{'*' if heads[n]['accuracy'] < heads[n]['chance'] + 0.3 else ''}"
+        for n in names
+    ]
+    r = result["retrieval_a2v"]
+    with path.open("a") as f:
+        f.write(
+            f"| {row['label']} | {row['seed']} | {' | '.join(cells)} | {r['r1']:.3f} "
+            f"({r['x_chance']:.1f}x{'' if r['x_chance'] >= 5 else '*'}) |\n"
+        )
 
 
 def pretrain(args: argparse.Namespace, work: Path, seed: int) -> tuple[str, float]:
@@ -115,6 +153,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-videos", type=int, default=200)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--workdir", default="learning_out")
+    p.add_argument("--pretext", action="store_true", help="also measure S2 on held-out shards")
     p.add_argument(
         "--out", default="", help="results table (default bench/results/<date>-learning.md)"
     )
@@ -137,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "train_min": train_min, "trained": probe(args, work, ckpt, seed),
                "random": probe(args, work, "random", seed)}  # fmt: skip
         append_row(out, row)
+        if args.pretext:
+            append_pretext(out.with_name(out.stem + "-pretext.md"), row, pretext(work, ckpt))
         margin = row["trained"]["action"] - row["random"]["action"]
         print(f"row {args.label} seed {seed}: probe margin over random init "
               f"{100 * margin:+.1f} points; {(time.monotonic() - t0) / 60:.1f} min -> {out}")  # fmt: skip

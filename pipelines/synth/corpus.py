@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from avtime.pipelines.synth.ambience import AMBIENCE_RMS, LOW_HZ, QUIET_RMS
 from avtime.pipelines.synth.avwrite import write_av
 from avtime.pipelines.synth.lamps import LAMP_HALF, draw_lamps
 from avtime.pipelines.synth.render import render_audio, render_frames
+from avtime.pipelines.synth.sand import marks_of, studio_palette, uniform_object
 from avtime.pipelines.synth.scene import (
     BOUNCE_KEEP_VX,
     CLASSES,
@@ -70,6 +71,8 @@ __all__ = [
     "video_meta",
 ]
 
+WORLDS = ("dusk", "sand")  # docs/synth.md, "Worlds"
+
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = (
     (192, 144),
     (224, 160),
@@ -93,8 +96,9 @@ class SynthConfig:
     sample_rates: tuple[int, ...] = (44100, 48000)
     max_objects: int = 3  # objects on screen at once: 1..max_objects per video
     ground_truth: bool = False  # frame-index code in the pixels, time code in the audio
-    lamps: bool = True  # dusk lamps that come on over the video (pipelines.synth.lamps)
-    ambience: bool = True  # a noise bed whose colour the sky's hue shows (pipelines.synth.ambience)
+    world: Literal["dusk", "sand"] = "dusk"  # see docs/synth.md, "Worlds"
+    lamps: bool | None = None  # dusk lamps (pipelines.synth.lamps); None: on in the dusk world
+    ambience: bool | None = None  # sky-coloured noise bed; None: on in the dusk world
     test_fraction: float = 0.2  # per class, this fraction goes to split "test"
     split: str | None = None  # if set, every video gets this split instead
     crf: int = 23
@@ -102,6 +106,11 @@ class SynthConfig:
     audio_bitrate: int = 128_000
 
     def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {list(WORLDS)}, got {self.world!r}")
+        for name in ("lamps", "ambience"):  # unset: the world's default
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.world == "dusk")
         if self.videos < 1:
             raise ValueError(f"videos must be >= 1, got {self.videos}")
         if not 0 < self.seconds <= 600:
@@ -165,12 +174,19 @@ def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name:
         ground_truth=cfg.ground_truth,
         episodes=[],
         audio_seed=int(audio_seq.generate_state(1)[0]),
-        ambience=cfg.ambience,
+        ambience=bool(cfg.ambience),
+        world=cfg.world,
     )
-    plan.palette = draw_palette(rng, plan.aspect)
+    sand = cfg.world == "sand"
+    plan.palette = studio_palette() if sand else draw_palette(rng, plan.aspect)
     n_objects = int(rng.integers(1, cfg.max_objects + 1))
     plan.episodes = draw_episodes(
-        rng, CLASSES[class_index], n_objects, plan.duration_s, plan.aspect
+        rng,
+        CLASSES[class_index],
+        n_objects,
+        plan.duration_s,
+        plan.aspect,
+        uniform_object if sand else None,
     )
     if cfg.lamps:
         plan.lamps = draw_lamps(np.random.default_rng(lamp_seq), plan.duration_s, plan.aspect)
@@ -251,7 +267,22 @@ def video_meta(plan: VideoPlan, cfg: SynthConfig, path: str) -> dict[str, Any]:
         "events": events,
         "lamps": _lamp_meta(plan),
         "ambience": _ambience_meta(plan),
+        "world": plan.world,
+        "marks": _marks_meta(plan),
     }
+
+
+def _marks_meta(plan: VideoPlan) -> list[dict[str, float]] | None:
+    """The sidecar's `marks` (sand world): each dent's or furrow's start time and place (px)."""
+    if plan.world != "sand":
+        return None
+    s = plan.floor_px
+    return [
+        {"t": m.t, "x_px": m.x * s, "size_px": m.size * s}
+        | ({} if m.x_end is None else {"x_end_px": m.x_end * s, "t_end": float(m.t_end or 0)})
+        for m in marks_of(plan.episodes)
+        if m.t < plan.duration_s
+    ]
 
 
 def _ambience_meta(plan: VideoPlan) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ import numpy as np
 from avtime.pipelines.synth import groundtruth as gt
 from avtime.pipelines.synth.ambience import AMBIENCE_RMS, QUIET_RMS, noise_bed
 from avtime.pipelines.synth.lamps import FLASH_COLOR, FLASH_LIFE, LAMP_HALF, lamp_tones
+from avtime.pipelines.synth.sand import draw_marks, marks_of
 from avtime.pipelines.synth.scene import FRICTION, Event, SceneObject, VideoPlan
 
 RING_LIFE = 0.6  # seconds
@@ -97,6 +98,7 @@ class _Renderer:
         self.eff_t0 = np.array([e[0] for e in eff])
         self.eff_life = np.array([e[1] for e in eff])
         self.dust = np.asarray(plan.palette["dust"], np.float32)
+        self.marks = marks_of(plan.episodes) if plan.world == "sand" else []
 
     def px(self, x: float, y: float) -> tuple[float, float]:
         return x * self.scale, self.plan.floor_px - y * self.scale
@@ -106,12 +108,13 @@ class _Renderer:
             yield self.frame(i)
 
     def frame(self, i: int) -> np.ndarray:
-        """Frame i: background, lit lamps, dust and rings, shadows, objects, then smoke puffs."""
+        """Frame i: background, lit lamps, marks in the sand, dust and rings, shadows, objects, then smoke puffs."""
         plan = self.plan
         t = float(self.times[i])
         img = self.bg.copy()
         scene = img[: plan.floor_px]  # every effect and object stays above the floor line
         self._lamps(scene, t)
+        draw_marks(scene, self.marks, t, self.scale)
         active = np.nonzero((self.eff_t0 <= t) & (t < self.eff_t0 + self.eff_life))[0]
         for k in active:
             if self.effects[k][2] != "poof":

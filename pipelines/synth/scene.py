@@ -15,6 +15,7 @@ it, and ends when it leaves the frame or vanishes after resting.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,6 +118,7 @@ class VideoPlan:
     lamps: LampSet | None = None  # dusk lamps (pipelines.synth.lamps); None = none
     ambience: bool = True  # the sky-coloured noise bed (pipelines.synth.ambience); else pink floor
     audio_seed: int = 0
+    world: str = "dusk"  # "sand": one studio, one object look, marks in the floor (synth.sand)
 
     @property
     def duration_s(self) -> float:
@@ -269,15 +271,24 @@ def draw_object(rng: np.random.Generator, mclass: MotionClass) -> SceneObject:
 
 
 def draw_episodes(
-    rng: np.random.Generator, mclass: MotionClass, n_objects: int, duration: float, aspect: float
+    rng: np.random.Generator,
+    mclass: MotionClass,
+    n_objects: int,
+    duration: float,
+    aspect: float,
+    new_object: Callable[[np.random.Generator, MotionClass], SceneObject] | None = None,
 ) -> list[Episode]:
-    """Episodes of `n_objects` object slots, back to back, that overlap [0, duration)."""
+    """Episodes of `n_objects` object slots, back to back, that overlap [0, duration).
+
+    `new_object` draws each object (default `draw_object`, the dusk world's varied looks).
+    """
+    new_object = new_object or draw_object
     episodes = []
     for slot in range(n_objects):
         # The first episode may start before t=0, so the first frames are not empty.
         t = rng.uniform(-2.0, 0.5) + 0.4 * slot
         while t < duration:
-            ep = simulate_episode(rng, mclass, draw_object(rng, mclass), t, aspect)
+            ep = simulate_episode(rng, mclass, new_object(rng, mclass), t, aspect)
             if ep.t_end > 0:
                 episodes.append(ep)
             t = ep.t_end + rng.uniform(0.2, 0.9)

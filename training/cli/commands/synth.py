@@ -41,17 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw the frame-index code and mix in the audio time code (for tests; off by default)",
     )
     parser.add_argument(
+        "--world",
+        choices=("dusk", "sand"),
+        default="dusk",
+        help="dusk: varied scenes ordered by lamps; sand: one studio, one object look, marks "
+        "in the floor order the clips (docs/synth.md, 'Worlds'; default dusk)",
+    )
+    parser.add_argument(
         "--lamps",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="dusk lamps that come on through each video, with their tones (default on)",
+        default=None,
+        help="dusk lamps that come on through each video, with their tones (default: on in the "
+        "dusk world)",
     )
     parser.add_argument(
         "--ambience",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="a noise bed whose spectral slope the sky's hue shows (default on; off: a quiet "
-        "pink floor)",
+        default=None,
+        help="a noise bed whose spectral slope the sky's hue shows (default: on in the dusk "
+        "world; off: a quiet pink floor)",
     )
     parser.add_argument(
         "--test-fraction",
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             classes=args.classes,
             seed=args.seed,
             ground_truth=args.ground_truth,
+            world=args.world,
             lamps=args.lamps,
             ambience=args.ambience,
             test_fraction=args.test_fraction,
