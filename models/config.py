@@ -53,6 +53,7 @@ class LossConfig:
     knn_k: int = 5  # queue neighbours of the positive used as extra positives; 0 = none
     queue_negatives: bool = True  # use the rest of the queue as extra negatives
     mask_same_source: bool = True  # a clip's own video is never its negative (batch and queue)
+    key_momentum: float = 0.0  # > 0: queue rows come from a momentum (EMA) copy of the model
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -62,5 +63,7 @@ class LossConfig:
             raise ValueError("loss weights must be >= 0")
         if self.queue_size < 0 or self.knn_k < 0:
             raise ValueError("queue_size and knn_k must be >= 0")
+        if not 0.0 <= self.key_momentum < 1.0:
+            raise ValueError(f"key_momentum must be in [0, 1), got {self.key_momentum}")
         if self.knn_k > self.queue_size:
             raise ValueError(f"knn_k ({self.knn_k}) must be <= queue_size ({self.queue_size})")

@@ -219,6 +219,7 @@ def total_loss(
     queue: FeatureQueue | None = None,
     *,
     update_queue: bool = True,
+    queue_outputs: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of every enabled term, and a dict of named terms and head accuracies.
 
@@ -231,6 +232,8 @@ def total_loss(
         queue: the feature queue or None. Its contents are read first; then, if `update_queue`,
             the clip-1 embeddings gathered from all workers are pushed (detached), so call this
             once per micro-batch and do not push again.
+        queue_outputs: outputs whose embeddings are pushed instead of `outputs`' (the momentum
+            key encoder's, same shapes); None pushes `outputs`' own.
     Returns:
         loss: scalar, this worker's share (backpropagate it; DDP averaging makes it exact).
         terms: detached float scalars, averaged over workers, so they are the global values:
@@ -275,7 +278,8 @@ def total_loss(
     loss = torch.stack([weights[k] * shares[k] for k in shares]).sum()
     terms = _global_terms(loss, shares, accs, n_audio / n_rows)
     if queue is not None and update_queue:
-        _push_queue(queue, outputs, audio_global, None if src is None else src[1])
+        pushed = outputs if queue_outputs is None else queue_outputs
+        _push_queue(queue, pushed, audio_global, None if src is None else src[1])
     return loss, terms
 
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from avtime.models.av import AVModel
 from avtime.models.losses import total_loss
+from avtime.models.momentum import KeyEncoder
 from avtime.models.queue import FeatureQueue
 from avtime.pipelines.configlib import dump_yaml, flatten, from_dict, to_dict
 from avtime.training.config import RunConfig
@@ -139,6 +140,7 @@ class WorkerState:
     seen_base: int = 0  # examples_seen when this attempt started
     examples_per_epoch: int = 1
     run_id: str = ""
+    key_encoder: KeyEncoder | None = None  # fills the queue when loss.key_momentum > 0
 
     @property
     def global_batch(self) -> int:
@@ -161,6 +163,8 @@ class WorkerState:
         }
         if self.queue is not None:
             out["queue"] = self.queue.state_dict()
+        if self.key_encoder is not None:
+            out["key_encoder"] = self.key_encoder.model.state_dict()
         return out
 
 
@@ -172,11 +176,14 @@ def build_state(cfg: RunConfig, device: torch.device, world_size: int = 1) -> Wo
     queue = None
     if cfg.loss.queue_size > 0:
         queue = FeatureQueue(cfg.loss.queue_size, cfg.model.embed_dim).to(device)
+    key_encoder = None
+    if queue is not None and cfg.loss.key_momentum > 0:
+        key_encoder = KeyEncoder(model, cfg.loss.key_momentum)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     return WorkerState(
         cfg=cfg, model=wrap_ddp(model, device), optimizer=optimizer, scheduler=scheduler,
-        queue=queue, device=device, world_size=world_size,
+        queue=queue, device=device, world_size=world_size, key_encoder=key_encoder,
     )  # fmt: skip
 
 
@@ -194,6 +201,8 @@ def restore(st: WorkerState, ckpt: Any) -> bool:
     st.scheduler.load_state_dict(state["scheduler"])
     if st.queue is not None and "queue" in state:
         st.queue.load_state_dict(state["queue"])
+    if st.key_encoder is not None:  # a checkpoint without one restarts it from the model
+        st.key_encoder.model.load_state_dict(state.get("key_encoder", state["model"]))
     st.step, st.examples_seen, st.run_id = meta.step, meta.examples_seen, meta.mlflow_run_id
     st.epoch_base, st.seen_base = meta.data_epoch, meta.examples_seen
     log.info("resumed from step %d (data epoch %d)", meta.step, meta.data_epoch)
@@ -211,9 +220,11 @@ def train_step(st: WorkerState, micro_batches: list[Batch]) -> dict[str, float]:
     sums: dict[str, float] = {}
     for i, batch in enumerate(micro_batches):
         with no_sync(st.model, sync=i == n - 1):
+            clips = (batch["video1"], batch["video2"], batch["audio1"], batch["audio2"])
             with autocast(st.device):
-                out = st.model(batch["video1"], batch["video2"], batch["audio1"], batch["audio2"])
-            loss, terms = total_loss(out, batch, cfg.loss, st.queue)
+                out = st.model(*clips)
+                keys = st.key_encoder(*clips) if st.key_encoder is not None else None
+            loss, terms = total_loss(out, batch, cfg.loss, st.queue, queue_outputs=keys)
             (loss / n).backward()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v) / n
@@ -223,6 +234,8 @@ def train_step(st: WorkerState, micro_batches: list[Batch]) -> dict[str, float]:
     sums["lr"] = float(st.optimizer.param_groups[0]["lr"])
     sums["grad_norm"] = float(grad_norm)
     st.optimizer.step()
+    if st.key_encoder is not None:
+        st.key_encoder.update(unwrap(st.model))
     st.scheduler.step()
     st.optimizer.zero_grad(set_to_none=True)
     st.step += 1

@@ -192,3 +192,33 @@ def test_checkpoint_with_a_pickled_payload_is_refused_and_not_run(tmp_path: Path
     (folder / checkpoint.STATE_FILE).write_bytes(os.urandom(512))
     with pytest.raises(checkpoint.CheckpointError, match="refused it"):
         checkpoint.load(folder)
+
+
+def test_momentum_key_encoder_fills_the_queue_and_resumes_exactly(tmp_path: Path) -> None:
+    """With `loss.key_momentum`, the queue holds the EMA copy's embeddings, the copy follows
+    theta_k = m theta_k + (1 - m) theta_q (a hand computation), and a resume restores it."""
+    base = tiny_cfg()
+    cfg = replace(base, loss=replace(base.loss, key_momentum=0.9))
+    batches = [fake_batch(cfg, i) for i in range(3)]
+    st = build_state(cfg, torch.device("cpu"))
+    assert st.key_encoder is not None
+    before = [p.detach().clone() for p in st.key_encoder.model.parameters()]
+    one_step(st, [batches[0]])
+    for pk, p0, pq in zip(st.key_encoder.model.parameters(), before, st.model.parameters()):
+        torch.testing.assert_close(pk, 0.9 * p0 + 0.1 * pq.detach())
+        assert not pk.requires_grad
+    live = build_state(base, torch.device("cpu"))  # the same seed without the key encoder
+    one_step(live, [batches[0]])
+    one_step(st, [batches[1]])
+    one_step(live, [batches[1]])
+    assert st.queue is not None and live.queue is not None
+    rows = slice(cfg.data.stream.batch_size, 2 * cfg.data.stream.batch_size)  # step 2's rows
+    assert not torch.allclose(st.queue.get("vv")[rows], live.queue.get("vv")[rows])
+    meta = checkpoint.CheckpointMeta(step=2, data_epoch=0, examples_seen=0, mlflow_run_id="r")
+    checkpoint.save(tmp_path / "ck", meta, st.state_dicts(), dump_yaml(cfg))
+    resumed = build_state(replace(cfg, train=replace(cfg.train, seed=7)), torch.device("cpu"))
+    assert restore(resumed, tmp_path / "ck") and resumed.key_encoder is not None
+    for a, b in zip(st.key_encoder.model.parameters(), resumed.key_encoder.model.parameters()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="key_momentum"):
+        replace(cfg.loss, key_momentum=1.0)
