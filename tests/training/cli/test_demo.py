@@ -1,4 +1,5 @@
-"""`avtime demo` end to end, shrunk: synth -> preprocess -> verify -> train -> eval pretext."""
+"""`avtime demo` end to end, shrunk: synth -> preprocess -> verify -> train -> eval pretext ->
+the linear probe against random init."""
 
 from __future__ import annotations
 
@@ -23,12 +24,23 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = tmp_path / "demo"
     argv = ["demo", "--workdir", str(work), "--videos", "4", "--heldout-videos", "2"]
+    argv += ["--probe-videos", "16"]
     argv += ["--seconds", "3", "--set", "train.steps=3", "--set", "train.checkpoint_every=3"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
 
-    for sub in ("corpus/train", "corpus/heldout", "shards/train", "shards/heldout"):
+    probe = summary["probe"]
+    assert probe["chance"] == 0.25 and 0.0 <= probe["trained"] <= 1.0
+    assert 0.0 <= probe["random"] <= 1.0
+    assert (
+        f"linear probe on 16 labelled videos (30 % test): trained {100 * probe['trained']:.1f} % "
+        f"against random init {100 * probe['random']:.1f} %"
+    ) in out
+    meta = json.loads((work / "corpus/train/synth.json").read_text())
+    assert meta["config"]["world"] == "sand"
+
+    for sub in ("corpus/train", "corpus/heldout", "corpus/probe", "shards/train", "shards/heldout"):
         assert any((work / sub).iterdir()), sub
     assert (work / "mlflow.db").is_file() and (work / "demo_result.json").is_file()
     assert Path(summary["checkpoint"]).is_relative_to(work / "checkpoints")
