@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.learning import HEADER, append_row, parse
+from bench.learning import HEADER, append_pretext, append_row, parse
 
 pytestmark = pytest.mark.unit
 
@@ -31,3 +31,22 @@ def test_parse_defaults() -> None:
     args = parse(["--set", "loss.w_va=0.5", "--seeds", "0,1"])
     assert args.overrides == ["loss.w_va=0.5"] and args.seeds == "0,1" and args.steps == 1500
     assert args.eval_videos == 200
+
+
+def test_pretext_rows_mark_every_head_under_the_bar(tmp_path: Path) -> None:
+    """S2 rows: a head under chance + 30 points and an a->v R@1 under 5x chance get a star."""
+    out = tmp_path / "2026-12-05-learning-pretext.md"
+    row = {"date": "2026-12-05", "label": "sand", "seed": 0}
+    heads = {
+        "order_video": {"accuracy": 0.64, "chance": 1 / 3},  # 0.633 is the bar
+        "order_av": {"accuracy": 0.62, "chance": 1 / 3},
+        "speed_video": {"accuracy": 0.97, "chance": 1 / 3},
+    }
+    append_pretext(out, row, {"heads": heads, "retrieval_a2v": {"r1": 0.2, "x_chance": 4.9}})
+    append_pretext(
+        out, {**row, "seed": 1}, {"heads": heads, "retrieval_a2v": {"r1": 0.3, "x_chance": 7.2}}
+    )
+    lines = out.read_text().splitlines()
+    assert "| label | seed | order_av | order_video | speed_video | a->v R@1 (x chance) |" in lines
+    assert "| sand | 0 | 0.620* | 0.640 | 0.970 | 0.200 (4.9x*) |" in lines
+    assert "| sand | 1 | 0.620* | 0.640 | 0.970 | 0.300 (7.2x) |" in lines
