@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -184,8 +185,9 @@ class CheckpointModel:
 
     @property
     def model_name(self) -> str:
-        """The logged model's name: `<run name>-step<step>`."""
-        return f"{self.run_name}-step{self.step}"
+        """The logged model's name: `<run name>-step<step>`, with each character MLflow refuses
+        in a model name (`/ : . % " '`) replaced by `-` (the exact run name is a tag)."""
+        return re.sub(r"[/:.%\"']", "-", f"{self.run_name}-step{self.step}")
 
     def tags(self) -> dict[str, str]:
         """The logged model's tags."""

@@ -169,3 +169,23 @@ def test_preprocess_experiment_logs_dataset_manifest_rejects_and_verify(
     )
     summary = json.loads(Path(local).read_text())
     assert summary["total"] == 1 and summary["first"][0]["source"].endswith("broken.mp4")
+
+
+@pytest.mark.unit
+def test_a_run_name_with_characters_mlflow_refuses_still_logs_its_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """A run named `sweep-lr0.1/a:b` (MLflow refuses `/ : . % " '` in model names) used to fail
+    at its first checkpoint, after the whole run; its models now log under a cleaned name and
+    keep the exact run name as a tag."""
+    _uri, client, exp = _store(tmp_path)
+    name = "sweep-lr0.1/a:b%'q\""
+    run_id = client.create_run(exp, run_name=name).info.run_id
+    ckpt = lineage.CheckpointModel(
+        run_id=run_id, experiment_id=exp, run_name=name, step=5, uri="/ck/x/step_5"
+    )
+    model_id = lineage.create_checkpoint_model(client, ckpt, {})
+    model = client.get_logged_model(model_id)
+    assert model.name == "sweep-lr0-1-a-b--q--step5"
+    assert model.tags["avtime.run_name"] == name
+    assert lineage.find_run_model(client, exp, run_id, 5).model_id == model_id
