@@ -108,11 +108,13 @@ def demo() -> RunConfig:
     """Tiny encoders, small clips: learns on 2 CPUs in about 10 minutes (docs/training.md).
 
     Speeds 1/2/4: the demo's 6-second segments cannot hold an 8x audio clip. Crops keep most of
-    the frame, so the small objects and their impact rings stay in view. Only the video-audio
-    contrastive term, down-weighted: at weight 1 its gradients drown the video heads in a short
-    CPU run, and the video-video term fits every training video and holds back video direction.
-    No queue: without a momentum encoder its rows are stale and video-audio InfoNCE does not
-    learn with it (docs/method.md, "The queue and a fast-changing encoder").
+    the frame, so the small objects, their impact rings and the marks in the sand stay in view.
+    The loss is chosen by measurement on the `sand` world (bench/results/2026-12-05-learning-
+    sand.md): video-audio at weight 1 with every temporal head, no video-video term and no
+    queue. The video-video term (0.3) pulled the order heads under their bar, and the queue with
+    nearest-neighbour positives (even with a momentum key encoder) left audio->video retrieval
+    at chance; both stay switches (`loss.w_vv`, `loss.queue_size`, `loss.knn_k`,
+    `loss.key_momentum`).
     """
     return RunConfig(
         preset="demo",
@@ -133,7 +135,7 @@ def demo() -> RunConfig:
             head_hidden=128,
             n_mels=40,
         ),
-        loss=LossConfig(temperature=0.1, w_vv=0.0, w_va=0.3, queue_size=0, knn_k=0),
+        loss=LossConfig(temperature=0.1, w_vv=0.0, w_va=1.0, queue_size=0, knn_k=0),
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
         train=TrainConfig(
             num_workers=1, cpus_per_worker=1.0, steps=1500, log_every=10, checkpoint_every=250
