@@ -40,6 +40,7 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     meta = json.loads((work / "corpus/train/synth.json").read_text())
     assert meta["config"]["world"] == "sand"
 
+    assert any((work / "eval_cache").iterdir())  # nothing goes outside the workdir
     for sub in ("corpus/train", "corpus/heldout", "corpus/probe", "shards/train", "shards/heldout"):
         assert any((work / sub).iterdir()), sub
     assert (work / "mlflow.db").is_file() and (work / "demo_result.json").is_file()

@@ -8,6 +8,7 @@ init of the same configuration. Everything goes under DIR:
 
     DIR/corpus/{train,heldout,probe}   synthetic mp4s   DIR/shards/{train,heldout}   Arrow shards
     DIR/checkpoints/             training checkpoints   DIR/mlflow.db, DIR/mlartifacts/   MLflow
+    DIR/eval_cache/              the probe's decoded clips
     DIR/contact_sheet.png        what the model sees    DIR/demo_result.json         last line
 
 Rerunning with the same DIR reuses the corpus and shards and resumes (or re-reports) the run.
@@ -133,7 +134,8 @@ def linear_probe(root: Path, checkpoint: str, overrides: list[str], seed: int) -
     """Top-1 of the linear probe on the probe corpus: `trained`, `random` (same config) and
     `chance` (one over the classes)."""
     base = ["action", "--mode", "linear", "--dataset", "folder", "--root",
-            str(root / "corpus" / "probe"), "--config", "demo", "--seed", str(seed)]  # fmt: skip
+            str(root / "corpus" / "probe"), "--config", "demo", "--seed", str(seed),
+            "--cache-dir", str(root / "eval_cache")]  # fmt: skip
     sets = [f"--set={o}" for o in overrides]
     trained = _eval_json([*base, "--checkpoint", checkpoint])
     random = _eval_json([*base, "--checkpoint", "random", "--no-mlflow", *sets])
