@@ -263,3 +263,9 @@ def decode_mono(path: str | Path) -> tuple[np.ndarray, int]:
         rs = av.AudioResampler(format="flt", layout="mono", rate=rate)
         chunks = [g.to_ndarray().reshape(-1) for f in c.decode(audio=0) for g in rs.resample(f)]
     return np.concatenate(chunks).astype(np.float64), rate
+
+
+def decode_rgb(path: str | Path) -> np.ndarray:
+    """Every video frame of `path` as float64 [N, H, W, 3] (RGB, 0..255)."""
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(float)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -21,12 +20,7 @@ from avtime.pipelines.synth.lamps import (
     draw_lamps,
     lamp_color,
 )
-from tests.media import decode_mono
-
-
-def _frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(float)
+from tests.media import decode_mono, decode_rgb
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def test_lamps_light_up_in_the_pixels_when_the_sidecar_says(
 ) -> None:
     out, metas = lamp_corpus
     for m in metas:
-        frames, fps, lamps = _frames(out / m["path"]), m["fps"], m["lamps"]
+        frames, fps, lamps = decode_rgb(out / m["path"]), m["fps"], m["lamps"]
         assert len(lamps["items"]) == round(m["duration_s"] / LAMP_PERIOD_S)
         lit = _lit_mask(frames, lamps, fps)
         t = np.arange(len(frames)) / fps

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -23,11 +22,7 @@ from avtime.pipelines.synth.sand import (
     studio_palette,
 )
 from avtime.training.cli.commands import synth as synth_cmd
-
-
-def _frames(path: Path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(float)
+from tests.media import decode_rgb
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +94,7 @@ def test_marks_in_the_decoded_frames_order_two_moments(sand_corpus) -> None:  # 
     out, metas = sand_corpus
     right = total = 0
     for meta in metas:
-        frames = _frames(out / meta["path"])
+        frames = decode_rgb(out / meta["path"])
         dark = [_floor_darkness(f, meta["floor_y_px"]) for f in frames]
         made = np.array([m["t"] for m in meta["marks"]]) * meta["fps"]
         for i in range(0, len(frames), 3):
@@ -118,7 +113,7 @@ def test_a_still_frame_without_objects_is_the_same_in_every_video(sand_corpus) -
     out, metas = sand_corpus
     by_size: dict[tuple[int, int], list[np.ndarray]] = {}
     for meta in metas:
-        first = _frames(out / meta["path"])[0]
+        first = decode_rgb(out / meta["path"])[0]
         by_size.setdefault((meta["width"], meta["height"]), []).append(first)
     pairs = [v for v in by_size.values() if len(v) >= 2]
     assert pairs, "the corpus should repeat a frame size"
