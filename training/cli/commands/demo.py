@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--heldout-videos", type=int, default=24, help="held-out videos (default 24)"
     )
     parser.add_argument(
-        "--probe-videos", type=int, default=120,
-        help="labelled videos for the linear probe, 30 %% of them test (default 120; 0 = skip)",
+        "--probe-videos", type=int, default=200,
+        help="labelled videos for the linear probe, 30 %% of them test (default 200, as bench.learning; 0 = skip)",
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=6.0, help="mean video length (default 6)")
     parser.add_argument(
