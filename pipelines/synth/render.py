@@ -108,7 +108,8 @@ class _Renderer:
             yield self.frame(i)
 
     def frame(self, i: int) -> np.ndarray:
-        """Frame i: background, lit lamps, marks in the sand, dust and rings, shadows, objects, then smoke puffs."""
+        """Frame i: background, lit lamps, marks in the sand, dust and rings, shadows, objects,
+        then smoke puffs."""
         plan = self.plan
         t = float(self.times[i])
         img = self.bg.copy()

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from avtime.pipelines.synth.scene import FRICTION, Episode, MotionClass, SceneObject
+from avtime.pipelines.synth.scene import (
+    FRICTION,
+    Episode,
+    MotionClass,
+    SceneObject,
+    impact_pitch,
+    sound_decay,
+)
 
 STUDIO_SKY_TOP = (118.0, 128.0, 140.0)
 STUDIO_SKY_BOTTOM = (150.0, 156.0, 160.0)
@@ -79,9 +86,9 @@ def uniform_object(rng: np.random.Generator, mclass: MotionClass) -> SceneObject
         radius=OBJECT_RADIUS,
         shape="disc",
         color=OBJECT_COLOR,
-        pitch_hz=float(300.0 * (0.07 / hidden_radius) ** 1.2 * rng.uniform(0.92, 1.08)),
+        pitch_hz=impact_pitch(rng, hidden_radius),
         restitution=e,
-        decay_s=float(0.05 + 0.55 * max(e - 0.25, 0.0)),
+        decay_s=sound_decay(e),
     )
 
 

@@ -256,6 +256,16 @@ def draw_palette(rng: np.random.Generator, aspect: float) -> dict[str, Any]:
     }
 
 
+def impact_pitch(rng: np.random.Generator, radius: float) -> float:
+    """Fundamental (Hz) of an object of `radius` (scene heights): smaller is higher, +-8 %."""
+    return float(300.0 * (0.07 / radius) ** 1.2 * rng.uniform(0.92, 1.08))
+
+
+def sound_decay(restitution: float) -> float:
+    """Impact sound decay time (s): bouncy objects ring (~0.3 s), clay thuds (~0.1 s)."""
+    return float(0.05 + 0.55 * max(restitution - 0.25, 0.0))
+
+
 def draw_object(rng: np.random.Generator, mclass: MotionClass) -> SceneObject:
     """A new object: size sets the pitch (smaller = higher), restitution sets the sound decay."""
     radius = rng.uniform(0.045, 0.1)
@@ -264,9 +274,9 @@ def draw_object(rng: np.random.Generator, mclass: MotionClass) -> SceneObject:
         radius=radius,
         shape="disc" if rng.random() < 0.7 else "square",
         color=_object_color(rng),
-        pitch_hz=float(300.0 * (0.07 / radius) ** 1.2 * rng.uniform(0.92, 1.08)),
+        pitch_hz=impact_pitch(rng, radius),
         restitution=e,
-        decay_s=float(0.05 + 0.55 * max(e - 0.25, 0.0)),
+        decay_s=sound_decay(e),
     )
 
 
