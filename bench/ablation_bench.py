@@ -102,7 +102,6 @@ def evaluate(
     from avtime.pipelines.datasets.adapters import list_dataset
     from avtime.training.eval.clips import ClipConfig
     from avtime.training.eval.fingerprint import FingerprintConfig, run_fingerprint
-    from avtime.training.eval.mlflow_log import log_eval, metric_prefix
     from avtime.training.eval.model_io import load_model
     from avtime.training.eval.protocols import (
         EvalContext,
@@ -111,6 +110,7 @@ def evaluate(
         run_retrieval,
         train_test_video_features,
     )
+    from avtime.training.tracking.eval_log import log_eval, metric_prefix
 
     loaded = load_model(checkpoint, config=args.config, seed=seed)
     ctx = EvalContext(

@@ -1,1 +1,1 @@
-"""Cluster operations: `avtime submit` (Ray Jobs) and `avtime compare` (MLflow runs)."""
+"""Cluster operations: `avtime submit` (Ray Jobs, KubeRay, the cluster launcher) and its job environment."""

@@ -1,1 +1,1 @@
-"""The training engine: Ray Train driver, per-worker loop, optimiser, checkpoints, MLflow."""
+"""The training engine: Ray Train driver, per-worker loop, optimiser and checkpoints."""

@@ -13,7 +13,7 @@ and data epoch, and every rank calls `ray.train.report`. A restarted worker resu
 latest checkpoint and keeps logging to the same MLflow run.
 
 MLflow 3: step metrics carry the training dataset (name and digest). At each checkpoint rank 0
-first creates the checkpoint's logged model (`training.engine.lineage`; PENDING, with the run's
+first creates the checkpoint's logged model (`training.tracking.lineage`; PENDING, with the run's
 config as params and the checkpoint's storage URI as a tag), logs that step's metrics linked to
 it, and marks it READY once Ray Train has stored the checkpoint (copying the files into the
 model only with `JobSpec.log_weights`).
@@ -48,7 +48,7 @@ from avtime.training.engine.optim import (
     unwrap,
     wrap_ddp,
 )
-from avtime.training.engine.tracking import Logger, MlflowLogger, NullLogger, TrackingSpec
+from avtime.training.tracking.runs import Logger, MlflowLogger, NullLogger, TrackingSpec
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]

@@ -28,8 +28,9 @@ from avtime.pipelines import storage
 from avtime.pipelines.config import DataConfig
 from avtime.pipelines.configlib import dump_yaml, flatten
 from avtime.training.config import RunConfig, TrainConfig
-from avtime.training.engine import checkpoint, lineage, tracking
+from avtime.training.engine import checkpoint
 from avtime.training.engine.loop import JobSpec, loop_config, train_loop_per_worker
+from avtime.training.tracking import lineage, runs
 
 MIN_DATA_CPUS = 0.5  # logical CPUs Ray Data needs beside the training workers
 EPOCH_MARGIN = 1  # a spare data epoch: drop_last and the equal split across workers lose rows
@@ -42,7 +43,7 @@ class TrainRequest:
 
     cfg: RunConfig
     data: str  # shards folder or s3:// prefix
-    experiment: str = tracking.DEFAULT_EXPERIMENT
+    experiment: str = runs.DEFAULT_EXPERIMENT
     name: str = ""  # run name under the storage path; "" = preset + config hash
     workdir: str = ""  # default home of checkpoints/ and mlflow.db; "" = cwd
     tracking_uri: str = ""  # "" = MLFLOW_TRACKING_URI or sqlite in workdir
@@ -67,7 +68,7 @@ class TrainOutcome:
         """The JSON object `avtime train` prints on its last line."""
         return {
             "mlflow_run_id": self.mlflow_run_id,
-            "tracking_uri": tracking.redact_url(self.tracking_uri),
+            "tracking_uri": runs.redact_url(self.tracking_uri),
             "checkpoint": self.checkpoint,
             "run_name": self.run_name,
             "metrics": self.metrics,
@@ -281,9 +282,9 @@ def open_tracking(
     continue `resume_id` (tags and dataset input logged again: the code may have changed)."""
     from mlflow import MlflowClient
 
-    params = tracking.run_params(flatten(req.cfg), shards_uri=req.data)
+    params = runs.run_params(flatten(req.cfg), shards_uri=req.data)
     tags = {"avtime.preset": req.cfg.preset, "avtime.run_name": name}
-    run_id = tracking.open_run(
+    run_id = runs.open_run(
         uri=uri, experiment=req.experiment, run_name=name, params=params, tags=tags,
         run_id=resume_id,
     )  # fmt: skip
@@ -296,13 +297,13 @@ def open_tracking(
         with tempfile.TemporaryDirectory(prefix="avtime-") as tmp:
             path = Path(tmp) / "config.yaml"
             path.write_text(dump_yaml(req.cfg))
-            tracking.log_artifact_file(uri, run_id, path, "config")
+            runs.log_artifact_file(uri, run_id, path, "config")
     return run_id
 
 
 def train(req: TrainRequest) -> TrainOutcome:
     """Run (or resume) one training job to `cfg.train.steps`; see the module docstring."""
-    uri = req.tracking_uri or tracking.tracking_uri(req.workdir or None)
+    uri = req.tracking_uri or runs.tracking_uri(req.workdir or None)
     per_epoch = examples_per_epoch(req.data, req.cfg.data)
     check_sample_rate(req.data, req.cfg)
     ensure_ray(req.cfg.train)
@@ -323,7 +324,7 @@ def train(req: TrainRequest) -> TrainOutcome:
         raise RuntimeError(f"training run {name} ended without a checkpoint in {where.uri}")
     ckpt_uri = where.uri_of(result.checkpoint.path)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if _is_number(v)}
-    tracking.set_tag(uri, run_id, "avtime.checkpoint", ckpt_uri)
+    runs.set_tag(uri, run_id, "avtime.checkpoint", ckpt_uri)
     model_id, registered = finish_models(req, uri, run_id, where, run_dir)
     return TrainOutcome(
         mlflow_run_id=run_id, tracking_uri=uri, checkpoint=ckpt_uri, run_name=name,
@@ -384,13 +385,13 @@ def _fit(trainer: Any, uri: str, run_id: str) -> Any:
         while worker.is_alive():
             worker.join(0.5)
     except KeyboardInterrupt:
-        tracking.finish_run(uri, run_id, status="KILLED")
+        runs.finish_run(uri, run_id, status="KILLED")
         raise
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
     if "error" in box:
-        tracking.finish_run(uri, run_id, status="FAILED")
+        runs.finish_run(uri, run_id, status="FAILED")
         raise box["error"]
     return box["result"]
 

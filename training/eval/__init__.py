@@ -7,7 +7,6 @@ Modules (see docs/eval.md):
 - `features`: Ray Data feature extraction (clip tasks -> encoder actors);
 - `linear`, `metrics`: logistic-regression probe, R@k and instance retrieval (pure torch);
 - `protocols` (action linear, retrieval, audio), `finetune`, `fingerprint`: the protocols;
-- `mlflow_log`: the eval run, linked to the pretraining run; `audio_io`: wav decoding;
-- `fabricate`: tiny datasets in each official layout, for tests and demos.
+- `audio_io`: wav decoding. Evaluation runs are logged by `training.tracking.eval_log`.
 Dataset adapters and distortions live in `pipelines.datasets.adapters` and `pipelines.datasets.distortions`.
 """

@@ -4,7 +4,7 @@ A checkpoint is a folder (local or s3://) written by `avtime train`: `state.pt` 
 dict under "model"), `config.yaml` (the resolved RunConfig) and `meta.json` (step and MLflow run
 id). A training run's folder holding `step_XXXXXXXX/` checkpoints is accepted too: the newest
 complete one is used. `models:/<model_id>`, `models:/<name>@<alias>` and `models:/<name>/<version>`
-name a checkpoint through its MLflow logged model (`training.engine.lineage`): the checkpoint URI
+name a checkpoint through its MLflow logged model (`training.tracking.lineage`): the checkpoint URI
 stored on the model is loaded. `random` builds the same model from a preset (or YAML) config with
 a seeded random init, so both go through the same evaluation code.
 """
@@ -25,7 +25,7 @@ from avtime.models.av import AVModel
 from avtime.pipelines.configlib import ConfigError, from_dict
 from avtime.training.config import RunConfig, load_run_config
 from avtime.training.engine import checkpoint as ckpt
-from avtime.training.engine import lineage, tracking
+from avtime.training.tracking import lineage, runs
 
 RANDOM = "random"
 
@@ -99,7 +99,7 @@ def load_model(
         )
     resolved, model_id = checkpoint, None
     if lineage.is_models_uri(checkpoint):
-        uri = tracking_uri or tracking.tracking_uri()
+        uri = tracking_uri or runs.tracking_uri()
         resolved, model_id = lineage.resolve_checkpoint(checkpoint, uri)
     local, tmp = _fetch(resolved)
     try:

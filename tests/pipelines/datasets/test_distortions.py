@@ -16,7 +16,7 @@ from avtime.pipelines.datasets.distortions import (
     distortion_set,
     read_clip,
 )
-from avtime.training.eval.fabricate import synth_video
+from tests.fabricate import synth_video
 
 
 @pytest.fixture(scope="module")

@@ -149,8 +149,8 @@ def _eval_through_the_registry(
 ) -> None:
     """`avtime eval --checkpoint models:/avtime-smoke@final` loads the path's checkpoint and logs
     its metrics against the logged model and the evaluation set; compare lists them."""
-    from avtime.training.eval.fabricate import make_tree
     from avtime.training.eval.model_io import load_model
+    from tests.fabricate import make_tree
 
     uri, model_id = summary["tracking_uri"], summary["model_id"]
     by_path = load_model(str(ckpt))
@@ -204,7 +204,7 @@ def _check_lineage(
     manifest, profile), one READY logged model per kept checkpoint (step, storage URI, config
     params, run output at its step, that step's metrics linked to it and the dataset)."""
     from avtime.pipelines import storage
-    from avtime.training.engine import lineage
+    from avtime.training.tracking import lineage
 
     tags = run.data.tags
     assert len(tags["avtime.git.commit"]) == 40 and tags["avtime.git.dirty"] in ("true", "false")
@@ -344,7 +344,7 @@ def test_killed_worker_restarts_from_checkpoint_in_the_same_mlflow_run(
     assert resumed and all(m.value % 5 == 0 and 5 <= m.value < 30 for m in resumed)
     for key in ("loss", "lr", "acc_order_av", "data_wait_fraction"):
         assert _metric_steps(client, run.info.run_id, key) == list(range(1, 31))
-    from avtime.training.engine import lineage
+    from avtime.training.tracking import lineage
 
     # one READY logged model per checkpoint step: a step saved again after the restart reuses it
     models = lineage.run_models(client, run.info.experiment_id, run.info.run_id)
@@ -394,15 +394,15 @@ class _Trainer:
 
 
 def test_fit_ends_the_mlflow_run_killed_on_sigterm_and_failed_on_a_crash(tmp_path: Path) -> None:
-    from avtime.training.engine import tracking
     from avtime.training.engine.trainer import _fit
+    from avtime.training.tracking import runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     before = signal.getsignal(signal.SIGTERM)
     for action, status, raised in (("sigterm", "KILLED", KeyboardInterrupt),
                                    ("crash", "FAILED", RuntimeError)):  # fmt: skip
-        run_id = tracking.open_run(
+        run_id = runs.open_run(
             uri=uri, experiment="signals", run_name=action, params={}, tags={}, run_id=None
         )
         assert client.get_run(run_id).info.status == "RUNNING"

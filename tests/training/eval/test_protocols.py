@@ -1,6 +1,6 @@
 """Every protocol end to end, through `avtime eval`, on tiny trees in the official layouts.
 
-The trees are fabricated from synthetic mp4s and wavs (training.eval.fabricate); the model is the
+The trees are fabricated from synthetic mp4s and wavs (tests.fabricate); the model is the
 `smoke` preset's tiny one, from a real checkpoint folder (linked to a pretraining MLflow run on
 the test MLflow server) or `random`. One local Ray and one decode cache serve the whole module.
 """
@@ -19,8 +19,8 @@ from avtime.pipelines.configlib import dump_yaml
 from avtime.training.cli.main import main
 from avtime.training.config import load_run_config
 from avtime.training.engine import checkpoint as ckpt
-from avtime.training.eval.fabricate import make_tree
 from avtime.training.eval.model_io import build_model, load_model
+from tests.fabricate import make_tree
 from tests.servers import scoped_environ
 
 pytestmark = pytest.mark.integration

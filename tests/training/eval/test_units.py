@@ -16,7 +16,7 @@ from avtime.pipelines.datasets.adapters import EvalItem
 from avtime.training.eval.cache import cache_key, listing_csv
 from avtime.training.eval.clips import ClipConfig, audio_window, clip_starts, segment_clips
 from avtime.training.eval.features import audio_centres
-from avtime.training.eval.mlflow_log import metric_items, metric_prefix
+from avtime.training.tracking.eval_log import metric_items, metric_prefix
 
 pytestmark = pytest.mark.unit
 

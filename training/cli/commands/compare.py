@@ -7,7 +7,7 @@ metrics, linked eval results as `eval:` columns), best first, then each run's ch
 metric curves and of each checkpoint evaluation against the checkpoint step. Runs that trained
 on different data are compared with a warning.
 The rules (best = min for loss-like names, max otherwise; how eval runs link) are in
-`training.cluster.compare` and docs/cluster.md.
+`training.tracking.compare` and docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _split(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtime.training.cluster.compare import CompareError
+    from avtime.training.tracking.compare import CompareError
 
     try:
         return _run(args)
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    from avtime.training.cluster import compare
-    from avtime.training.engine.tracking import redact_url, tracking_uri
+    from avtime.training.tracking import compare
+    from avtime.training.tracking.runs import redact_url, tracking_uri
 
     uri = args.tracking_uri or tracking_uri()
     _check_reachable(uri, redact_url)
@@ -112,7 +112,7 @@ def _check_reachable(uri: str, redact: Callable[[str], str]) -> None:
     import urllib.request
     from pathlib import Path
 
-    from avtime.training.cluster.compare import CompareError
+    from avtime.training.tracking.compare import CompareError
 
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])

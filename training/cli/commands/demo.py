@@ -170,9 +170,9 @@ def log_heldout(uri: str, run_id: str, heldout: dict[str, Any], step: int) -> No
 
 def run(args: argparse.Namespace) -> int:
     from avtime.training.config import load_run_config
-    from avtime.training.engine.tracking import tracking_uri, ui_command
     from avtime.training.engine.trainer import TrainRequest, ensure_ray, train
     from avtime.training.eval.pretext import evaluate_pretext, summary_lines
+    from avtime.training.tracking.runs import tracking_uri, ui_command
 
     t0 = time.monotonic()
     root = Path(args.workdir).absolute()

@@ -149,7 +149,7 @@ def _run_protocol(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
 
 
 def _params(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
-    from avtime.training.engine.tracking import code_version
+    from avtime.training.tracking.runs import code_version
 
     return {
         "protocol": args.protocol,
@@ -176,9 +176,9 @@ def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> tuple[st
         return None
     import torch
 
-    from avtime.training.engine import lineage
-    from avtime.training.engine.tracking import tracking_uri
-    from avtime.training.eval.mlflow_log import log_eval, metric_prefix
+    from avtime.training.tracking import lineage
+    from avtime.training.tracking.eval_log import log_eval, metric_prefix
+    from avtime.training.tracking.runs import tracking_uri
 
     uri = tracking_uri()
     split = args.split if args.dataset in ("ucf101", "hmdb51") else None

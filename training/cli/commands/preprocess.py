@@ -120,8 +120,8 @@ def _log_run(args: argparse.Namespace, cfg: IngestConfig) -> int:
     from dataclasses import asdict
 
     from avtime.pipelines.verify.job import VerifyError
-    from avtime.training.engine.preprocess_log import log_preprocessing
-    from avtime.training.engine.tracking import redact_url, tracking_uri
+    from avtime.training.tracking.preprocess_log import log_preprocessing
+    from avtime.training.tracking.runs import redact_url, tracking_uri
 
     uri = tracking_uri()
     params = {**asdict(cfg), "src": args.src, "dst": args.dst, "labels": args.labels or ""}

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from avtime.pipelines.configlib import ConfigError
     from avtime.pipelines.storage import StorageError
     from avtime.training.config import load_run_config
-    from avtime.training.engine.tracking import ui_command
     from avtime.training.engine.trainer import TrainRequest, train
+    from avtime.training.tracking.runs import ui_command
 
     cfg = load_run_config(args.config, args.overrides)
     request = TrainRequest(

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from avtime.training.engine import lineage
+from avtime.training.tracking import lineage
 
 PARENT_TAG = "avtime.parent_run_id"
 KIND_TAG = "avtime.kind"

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from avtime.training.engine import tracking
+from avtime.training.tracking import runs
 
 CONTEXT_TAG = "mlflow.data.context"
 TRAINING, EVALUATION, PREPROCESSING = "training", "evaluation", "preprocessing"
@@ -127,7 +127,7 @@ def _source_uri(uri: str) -> str:
     """A dataset's source as logged: URIs without user info, local paths made absolute."""
     text = uri.rstrip("/") or uri
     if "://" in text:
-        return tracking.redact_url(text)
+        return runs.redact_url(text)
     from pathlib import Path
 
     return str(Path(text).expanduser().absolute())
@@ -159,7 +159,7 @@ def package_versions() -> dict[str, str]:
 
 def provenance_tags(device: str) -> dict[str, str]:
     """The tags every avtime run carries: git commit and dirty flag, versions, device type."""
-    commit, dirty = tracking.git_state()
+    commit, dirty = runs.git_state()
     tags = {
         "avtime.git.commit": commit,
         "avtime.git.dirty": "true" if dirty else "false",
@@ -191,7 +191,7 @@ class CheckpointModel:
 
     def tags(self) -> dict[str, str]:
         """The logged model's tags."""
-        tags = {STEP_TAG: str(self.step), CHECKPOINT_TAG: tracking.redact_url(self.uri)}
+        tags = {STEP_TAG: str(self.step), CHECKPOINT_TAG: runs.redact_url(self.uri)}
         tags["avtime.run_name"] = self.run_name
         if self.dataset:
             tags["avtime.dataset"] = self.dataset
@@ -240,7 +240,7 @@ def create_checkpoint_model(client: Any, ckpt: CheckpointModel, params: Mapping[
         name=ckpt.model_name,
         source_run_id=ckpt.run_id,
         tags=ckpt.tags(),
-        params=tracking.safe_params(params),
+        params=runs.safe_params(params),
         model_type=MODEL_TYPE,
     )
     client.log_outputs(ckpt.run_id, [LoggedModelOutput(model.model_id, step=ckpt.step)])
@@ -337,7 +337,7 @@ def resolve_checkpoint(ref: str, uri: str) -> tuple[str, str]:
         model = client.get_logged_model(model_id)
     except MlflowException as exc:
         msg = exc.message.splitlines()[0]
-        raise ValueError(f"{ref}: not found in {tracking.redact_url(uri)} ({msg})") from None
+        raise ValueError(f"{ref}: not found in {runs.redact_url(uri)} ({msg})") from None
     ckpt = model.tags.get(CHECKPOINT_TAG)
     if not ckpt:
         raise ValueError(f"{ref}: logged model {model_id} has no {CHECKPOINT_TAG} tag")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from avtime.training.engine import tracking
+from avtime.training.tracking import runs
 
 pytestmark = pytest.mark.unit
 
 
 def test_safe_params_masks_secret_keys_and_url_user_info() -> None:
-    out = tracking.safe_params(
+    out = runs.safe_params(
         {
             "train.storage_path": "s3://AKIAXX:hunter2@bucket/ckpt",
             "aws_secret_access_key": "hunter2",
@@ -32,21 +32,21 @@ def test_tracking_uri_defaults_to_sqlite_in_the_working_directory(
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert tracking.tracking_uri(tmp_path / "w") == f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    assert runs.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert runs.tracking_uri(tmp_path / "w") == f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+    assert runs.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
 
 
 def test_code_version_is_the_git_sha_of_the_tree() -> None:
-    version = tracking.code_version()
+    version = runs.code_version()
     sha = version.removesuffix("-dirty")
     assert len(sha) == 40 and all(c in "0123456789abcdef" for c in sha)
 
 
 def test_manifest_hash_changes_with_the_manifest(tmp_path: Path) -> None:
-    assert tracking.manifest_hash(str(tmp_path)) == "none"
+    assert runs.manifest_hash(str(tmp_path)) == "none"
     (tmp_path / "manifest.json").write_text('{"a": 1}')
-    first = tracking.manifest_hash(str(tmp_path))
+    first = runs.manifest_hash(str(tmp_path))
     (tmp_path / "manifest.json").write_text('{"a": 2}')
-    assert len(first) == 16 and tracking.manifest_hash(str(tmp_path)) != first
+    assert len(first) == 16 and runs.manifest_hash(str(tmp_path)) != first

@@ -15,7 +15,7 @@ in that row: `<dataset>[-split<S>].<protocol>[-<mode>].<metric>`, for example
 MLflow 3: the evaluation set is a dataset input of the eval run (context `evaluation`), the
 evaluated checkpoint's logged model a model input, and every metric is logged against both
 (`model_id`, dataset name and digest), so the model's page lists each evaluation of it. The run
-carries the provenance tags of `training.engine.lineage.provenance_tags`.
+carries the provenance tags of `training.tracking.lineage.provenance_tags`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from avtime.training.engine import lineage, tracking
+from avtime.training.tracking import lineage, runs
 
 PARENT_TAG = "avtime.parent_run_id"
 KIND_TAG = "avtime.kind"
@@ -87,12 +87,12 @@ def log_eval(
     from mlflow import MlflowClient
     from mlflow.entities import LoggedModelInput, Metric, Param
 
-    uri = uri or tracking.tracking_uri()
+    uri = uri or runs.tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     exp_id = _parent_experiment(client, parent_run_id)
     linked = exp_id is not None
     if exp_id is None:
-        exp_id = tracking.experiment_id(client, uri, tracking.DEFAULT_EXPERIMENT)
+        exp_id = runs.experiment_id(client, uri, runs.DEFAULT_EXPERIMENT)
     tags = {KIND_TAG: "eval", "avtime.protocol": protocol, "avtime.dataset": dataset}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
@@ -114,7 +114,7 @@ def log_eval(
     if data is not None:
         link |= {"dataset_name": data.name, "dataset_digest": data.digest}
     metrics = [Metric(k, v, now, 0, **link) for k, v in metric_items(result, prefix).items()]
-    items = sorted(tracking.safe_params(params).items())
+    items = sorted(runs.safe_params(params).items())
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in items])
     client.set_terminated(run_id)
     return run_id

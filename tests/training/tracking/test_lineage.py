@@ -16,8 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from avtime.training.cli.main import main
-from avtime.training.cluster import compare
-from avtime.training.engine import lineage
+from avtime.training.tracking import compare, lineage
 
 COUNTS = {"inputs": 5, "rows": 12, "rejects": 1, "sources_with_rows": 4, "video_seconds": 7200.0}
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from avtime.training.engine import lineage, tracking
+from avtime.training.tracking import lineage, runs
 
 KIND = "preprocess"
 MAX_LISTED_REJECTS = 100
@@ -40,7 +40,7 @@ def rejects_summary(shards_uri: str) -> dict[str, Any]:
     for row in rows:
         by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + 1
         by_type[row["error_type"]] = by_type.get(row["error_type"], 0) + 1
-    first = [{k: tracking.redact_url(str(v)) for k, v in r.items()} for r in rows]
+    first = [{k: runs.redact_url(str(v)) for k, v in r.items()} for r in rows]
     return {
         "total": len(rows),
         "by_stage": by_stage,
@@ -81,7 +81,7 @@ def log_preprocessing(
     client = MlflowClient(tracking_uri=uri)
     ref = lineage.shards_dataset(dst)
     tags = {"avtime.kind": KIND, **lineage.provenance_tags("cpu")}
-    run_id = tracking.open_run(
+    run_id = runs.open_run(
         uri=uri, experiment=experiment, run_name=f"preprocess-{ref.name}", params=params, tags=tags
     )
     try:

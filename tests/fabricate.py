@@ -1,6 +1,6 @@
 """Tiny evaluation datasets in each official layout, made of real synthetic mp4s and wavs.
 
-For tests, demos and docs: `make_tree(kind, root)` writes a UCF101, HMDB51, ESC-50, VGG-Sound or
+For tests and benchmarks: `make_tree(kind, root)` writes a UCF101, HMDB51, ESC-50, VGG-Sound or
 folder tree with a few classes and files. Each class has its own colour, motion direction and
 tone pitch, and each file its own size, position and phase, so class and instance are both
 recoverable from the content.

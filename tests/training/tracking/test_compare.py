@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from avtime.training.cli.main import main
-from avtime.training.cluster import compare
+from avtime.training.tracking import compare
 
 EXPERIMENT = "cmp-test"
 

@@ -90,7 +90,7 @@ class MlflowLogger:
     """Attaches this process to an existing MLflow run and logs to it.
 
     Step metrics carry the training dataset (name and digest) and, at checkpoint steps, the
-    checkpoint's logged model (see `training.engine.lineage`).
+    checkpoint's logged model (see `training.tracking.lineage`).
 
     Args:
         spec: the tracking URI, run id, run name and training dataset.
@@ -129,7 +129,7 @@ class MlflowLogger:
         self._mlflow.set_tags(safe_params(tags))
 
     def begin_checkpoint(self, step: int, uri: str, params: Mapping[str, Any]) -> str | None:
-        from avtime.training.engine import lineage
+        from avtime.training.tracking import lineage
 
         dataset = ""
         if self._spec.dataset_name:
@@ -142,7 +142,7 @@ class MlflowLogger:
         return lineage.create_checkpoint_model(self._client, ckpt, params)
 
     def end_checkpoint(self, model_id: str | None, weights_dir: str | None = None) -> None:
-        from avtime.training.engine import lineage
+        from avtime.training.tracking import lineage
 
         if model_id:
             lineage.finalize_checkpoint_model(self._client, model_id, weights_dir)
