@@ -48,6 +48,7 @@ class IngestResult:
     run_video_seconds: float = 0.0  # decoded by this run
     not_media: int = 0  # files in SRC that were not listed for their extension
     labelled: int | None = None  # inputs a --labels row matched (None without --labels)
+    duplicates: int = 0  # exact repeats in the listing or --labels, folded into one
     shards: list[dict[str, Any]] = field(default_factory=list)
     reject_types: dict[str, int] = field(default_factory=dict)
 
@@ -62,6 +63,7 @@ class IngestResult:
         run_inputs = self.inputs - self.skipped_inputs
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.reject_types.items()))
         matched = "" if self.labelled is None else f"; --labels matched {self.labelled} inputs"
+        folded = f"; {self.duplicates} exact duplicate rows folded" if self.duplicates else ""
         return (
             f"preprocess: {self.inputs} inputs -> {self.rows} rows from "
             f"{self.sources_with_rows} sources, {self.rejects} rejects"
@@ -69,7 +71,7 @@ class IngestResult:
             f"{self.skipped_inputs} already done; {self.video_seconds:.1f} s of video; "
             f"this run: {run_inputs} inputs, {self.run_video_seconds:.1f} s of video in "
             f"{self.wall_s:.1f} s ({rate:.1f} s of video/s, {run_inputs / wall:.2f} inputs/s)"
-            f"{matched}"
+            f"{matched}{folded}"
         )
 
 
@@ -259,11 +261,12 @@ def run_ingest(
     workers = workers or os.cpu_count() or 1
     storage.check_location(src, must_exist=True)
     storage.check_location(dst, must_exist=False)
-    items, not_media = list_inputs(src, labels)
+    listing = list_inputs(src, labels)
+    items = list(listing.items)
     storage.makedirs(dst)
     with DestinationLock(dst):
         res = _run_locked(dst, cfg, items, workers, cpus_per_task)
-    res.not_media = not_media
+    res.not_media, res.duplicates = listing.not_media, listing.duplicates
     if labels:
         res.labelled = sum(it.label is not None for it in items)
     res.wall_s = time.monotonic() - t_start

@@ -79,26 +79,60 @@ def is_listing(src: str) -> bool:
     return src.lower().endswith(LISTING_EXTENSIONS)
 
 
-def list_inputs(src: str, labels_csv: str | None = None) -> tuple[list[InputItem], int]:
-    """(items in a stable order, number of files skipped for not looking like media)."""
+@dataclass(frozen=True, kw_only=True)
+class Listing:
+    """What SRC lists: the inputs in a stable order, and what was left out of them."""
+
+    items: tuple[InputItem, ...]
+    not_media: int = 0  # files in a folder or prefix skipped for their extension
+    duplicates: int = 0  # exact repeats of a listed input (or a --labels row), folded into one
+
+
+def list_inputs(src: str, labels_csv: str | None = None) -> Listing:
+    """Read SRC (a folder, prefix, single file or CSV/JSONL listing) and apply `labels_csv`.
+
+    A path listed twice with different labels or splits is refused (`ListingError` naming the
+    path and both values), in the listing, in the labels file, and between the two; exact
+    repeats are folded and counted.
+    """
     if is_listing(src):
-        items, skipped = _read_listing(src), 0
+        items, not_media = _read_listing(src), 0
     else:
-        items, skipped = _scan(src)
+        items, not_media = _scan(src)
+    items, duplicates = _fold(items, where=src)
     if labels_csv:
-        items = _apply_labels(items, src, _read_labels(labels_csv))
+        labels, label_dups = _read_labels(labels_csv)
+        duplicates += label_dups
+        items = _apply_labels(items, src, labels, labels_csv)
         if items and not any(it.label is not None for it in items):
             raise ListingError(
                 f"labels {labels_csv}: no row matches any of the {len(items)} inputs (rows are "
                 "matched by full URI, path relative to SRC, file name or file stem)"
             )
-    seen: set[str] = set()
-    unique = []
+    return Listing(items=tuple(items), not_media=not_media, duplicates=duplicates)
+
+
+def _conflict(where: str, path: str, first: tuple[Any, Any], second: tuple[Any, Any]) -> str:
+    """The one line for a path given two different (label, split) pairs."""
+
+    def show(pair: tuple[Any, Any]) -> str:
+        return f"label={pair[0]!r} split={pair[1]!r}"
+
+    return (
+        f"{where}: {path} is listed twice with different labels or splits ({show(first)} and "
+        f"{show(second)}); keep one row for it"
+    )
+
+
+def _fold(items: list[InputItem], where: str) -> tuple[list[InputItem], int]:
+    """Fold exact repeats of an input (same key, label and split); refuse conflicting ones."""
+    first: dict[str, InputItem] = {}
     for it in items:
-        if it.key not in seen:
-            seen.add(it.key)
-            unique.append(it)
-    return unique, skipped
+        seen = first.setdefault(it.key, it)
+        if (seen.label, seen.split) != (it.label, it.split):
+            pairs = (seen.label, seen.split), (it.label, it.split)
+            raise ListingError(_conflict(where, it.key, *pairs))
+    return list(first.values()), len(items) - len(first)
 
 
 def _scan(src: str) -> tuple[list[InputItem], int]:
@@ -188,7 +222,8 @@ def _read_listing(src: str) -> list[InputItem]:
     return items
 
 
-def _read_labels(path: str) -> dict[str, tuple[str | None, str | None]]:
+def _read_labels(path: str) -> tuple[dict[str, tuple[str | None, str | None]], int]:
+    """{path key: (label, split)} from a labels CSV/JSONL, and the number of exact repeats."""
     rows = _rows(path)
     columns = {str(k).strip().lower() for row in rows[:1] for k in row}
     if rows and (not columns & set(URI_KEYS) or "label" not in columns):
@@ -196,22 +231,31 @@ def _read_labels(path: str) -> dict[str, tuple[str | None, str | None]]:
             f"labels {path}: columns are {sorted(columns)}; expected path,label[,split] "
             "(a header row naming a path column and a label column)"
         )
-    out = {}
+    out: dict[str, tuple[str | None, str | None]] = {}
+    repeats = 0
     for n, row in enumerate(rows, 1):
         key = _pick(row, URI_KEYS)
         if key is None:
             raise ListingError(f"labels {path} row {n}: needs a path column and a label column")
         label, split = _pick(row, ("label",)), _pick(row, ("split",))
-        out[str(key).strip()] = (
-            None if label is None else str(label),
-            None if split is None else str(split),
-        )
-    return out
+        pair = (None if label is None else str(label), None if split is None else str(split))
+        key = str(key).strip()
+        if key in out and out[key] != pair:
+            raise ListingError(_conflict(f"labels {path}", key, out[key], pair))
+        repeats += key in out
+        out[key] = pair
+    return out, repeats
 
 
 def _apply_labels(
-    items: list[InputItem], src: str, labels: dict[str, tuple[str | None, str | None]]
+    items: list[InputItem],
+    src: str,
+    labels: dict[str, tuple[str | None, str | None]],
+    labels_path: str,
 ) -> list[InputItem]:
+    """Give each input the (label, split) of the first labels key it matches: its full URI,
+    its path relative to SRC, its file name, then its stem. A listing that already gives the
+    input another label or split is refused."""
     root = src if storage.is_s3(src) else os.path.abspath(src)
     base = root.rstrip("/") + "/"
     out = []
@@ -221,6 +265,14 @@ def _apply_labels(
         for key in (it.source, rel, name, PurePosixPath(name).stem):
             if key is not None and key in labels:
                 label, split = labels[key]
+                clash = (it.label is not None and label is not None and it.label != label) or (
+                    it.split is not None and split is not None and it.split != split
+                )
+                if clash:
+                    where = f"{src} and labels {labels_path}"
+                    raise ListingError(
+                        _conflict(where, it.key, (it.label, it.split), (label, split))
+                    )
                 it = replace(it, label=label or it.label, split=split or it.split)
                 break
         out.append(it)

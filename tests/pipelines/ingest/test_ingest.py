@@ -175,21 +175,24 @@ def test_jsonl_listing_and_labels_csv(tmp_path: Path) -> None:
         (tmp_path / "v" / n).write_bytes(b"x")
     labels = tmp_path / "labels.csv"
     labels.write_text("path,label,split\na.mp4,walk,train\nb,run,\n")
-    items, skipped = list_inputs(str(tmp_path / "v"), str(labels))
+    listing = list_inputs(str(tmp_path / "v"), str(labels))
+    items, skipped = listing.items, listing.not_media
     assert [(Path(i.source).name, i.label, i.split) for i in items] == [
         ("a.mp4", "walk", "train"), ("b.MKV", "run", None),
     ]  # fmt: skip
     assert skipped == 2
-    single, _ = list_inputs(str(tmp_path / "v" / "a.mp4"))  # one file is a SRC too
-    assert single == [InputItem(source=str(tmp_path / "v" / "a.mp4"))]
+    single = list_inputs(str(tmp_path / "v" / "a.mp4")).items  # one file is a SRC too
+    assert single == (InputItem(source=str(tmp_path / "v" / "a.mp4")),)
     jsonl = tmp_path / "l.jsonl"
     lines = [{"uri": "s3://b/x.mp4", "label": "a", "start_s": 1.5, "end_s": 3}, {"path": "y.mp4"}]
     jsonl.write_text("\n".join(json.dumps(x) for x in lines + lines[:1]))
-    items, _ = list_inputs(str(jsonl))
-    assert items == [
+    listing = list_inputs(str(jsonl))
+    assert listing.items == (
         InputItem(source="s3://b/x.mp4", label="a", start_s=1.5, end_s=3.0),
         InputItem(source=str(tmp_path / "y.mp4")),
-    ]
+    )
+    assert listing.duplicates == 1  # the repeated first line is folded and counted
+    items = listing.items
     assert items[0].key == "s3://b/x.mp4#t=1.5,3"
 
 
@@ -226,15 +229,78 @@ def test_labels_that_match_nothing_or_lack_columns_fail(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no row matches any of the 2 inputs"):
         list_inputs(str(tmp_path / "v"), str(labels))
     labels.write_text("path,label\nb.mp4,run\n")
-    items, _ = list_inputs(str(tmp_path / "v"), str(labels))
+    items = list_inputs(str(tmp_path / "v"), str(labels)).items
     assert [(Path(i.source).name, i.label) for i in items] == [("a.mp4", None), ("b.mp4", "run")]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("kind", "first", "second"),
+    [
+        ("csv", "a.mp4,walk,train", "a.mp4,run,train"),  # another label
+        ("csv", "a.mp4,walk,train", "a.mp4,walk,test"),  # another split: train -> test
+        ("jsonl", '{"path": "a.mp4", "label": "walk"}', '{"path": "a.mp4", "label": "run"}'),
+        ("labels", "a.mp4,walk,train", "a.mp4,walk,test"),
+        ("labels", "a.mp4,walk,train", "a.mp4,run,train"),
+    ],
+)
+def test_a_path_listed_twice_with_other_labels_or_splits_is_refused(
+    tmp_path: Path, kind: str, first: str, second: str
+) -> None:
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    header = "path,label,split\n" if kind != "jsonl" else ""
+    name = {"csv": "l.csv", "jsonl": "l.jsonl", "labels": "labels.csv"}[kind]
+    (tmp_path / name).write_text(f"{header}{first}\n{second}\n")
+    src, labels = (
+        (str(tmp_path), str(tmp_path / name)) if kind == "labels" else (str(tmp_path / name), None)
+    )
+    with pytest.raises(
+        ValueError, match="a.mp4 is listed twice with different labels or splits"
+    ) as err:
+        list_inputs(src, labels)
+    values = [v for v in ("walk", "run", "train", "test") if v in first + second]
+    assert all(repr(v) in str(err.value) for v in values), str(err.value)
+
+
+@pytest.mark.unit
+def test_exact_duplicates_are_folded_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+    listing = tmp_path / "l.csv"
+    listing.write_text(
+        "path,label,split\nv/a.mp4,walk,train\nv/a.mp4,walk,train\nv/b.mp4,run,test\n"
+    )
+    got = list_inputs(str(listing))
+    assert [(Path(i.source).name, i.label, i.split) for i in got.items] == [
+        ("a.mp4", "walk", "train"), ("b.mp4", "run", "test"),
+    ]  # fmt: skip
+    assert got.duplicates == 1
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.mp4,walk\na.mp4,walk\na.mp4,walk\n")
+    got = list_inputs(str(tmp_path / "v"), str(labels))
+    assert [i.label for i in got.items] == ["walk"] and got.duplicates == 2
+
+
+@pytest.mark.unit
+def test_a_listing_label_that_labels_contradicts_is_refused(tmp_path: Path) -> None:
+    listing = tmp_path / "l.csv"
+    listing.write_text("path,label,split\na.mp4,walk,train\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label,split\na.mp4,walk,test\n")
+    with pytest.raises(ValueError, match=r"listed twice .*split='train'.*split='test'"):
+        list_inputs(str(listing), str(labels))
+    labels.write_text("path,label\na.mp4,walk\n")  # agrees: kept, split from the listing
+    assert [(i.label, i.split) for i in list_inputs(str(listing), str(labels)).items] == [
+        ("walk", "train")
+    ]
 
 
 @pytest.mark.unit
 def test_audio_only_files_are_listed_so_they_become_rejects(tmp_path: Path) -> None:
     for n in ("song.m4a", "talk.MP3", "clip.mp4", "notes.txt"):
         (tmp_path / n).write_bytes(b"x")
-    items, skipped = list_inputs(str(tmp_path))
+    listing = list_inputs(str(tmp_path))
+    items, skipped = listing.items, listing.not_media
     assert sorted(Path(i.source).name for i in items) == ["clip.mp4", "song.m4a", "talk.MP3"]
     assert skipped == 1
 
