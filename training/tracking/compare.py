@@ -89,6 +89,7 @@ class Comparison:
     sort_column: str
     by: str = ""  # "dataset": rows grouped by training dataset
     warnings: tuple[str, ...] = ()
+    plot_metrics: tuple[str, ...] = ()  # the plot's step panels; the table's metrics when empty
 
     @property
     def show_dataset(self) -> bool:
@@ -127,6 +128,24 @@ def default_metrics(keys: Iterable[str]) -> list[str]:
         losses.sort(key=lambda k: (k.count("/") + k.count("."), k))  # the total loss first
         names = losses or names
     return names[:MAX_DEFAULT_METRICS]
+
+
+def default_plot_metrics(keys: Iterable[str]) -> list[str]:
+    """The plot's panels when none are named: the total loss, then every head accuracy."""
+    names = set(keys)
+    heads = sorted(k for k in names if k.startswith(("acc_", "acc/")))
+    return (["loss"] if "loss" in names else []) + heads
+
+
+def y_label(metric: str) -> str:
+    """The y-axis label of a metric's panel: what the number is."""
+    if metric.startswith(("acc_", "acc/")) or metric.endswith(("top1", "top5", "accuracy")):
+        return "accuracy (fraction correct)"
+    if "loss" in metric.lower():
+        return "loss"
+    if metric.startswith("R@") or "recall" in metric.lower() or ".R@" in metric:
+        return "recall (fraction of queries)"
+    return metric
 
 
 def column_metric(column: str) -> str:
@@ -351,7 +370,8 @@ def build_comparison(
         where = f" matching {filter_string!r}" if filter_string else ""
         raise CompareError(f"experiment {experiment!r} has no training runs{where}")
     linked = linked_eval_metrics(fetch_evals(client, max_runs), (r.info.run_id for r in runs))
-    chosen = list(metrics) or default_metrics(k for r in runs for k in r.data.metrics)
+    keys = {k for r in runs for k in r.data.metrics}
+    chosen = list(metrics) or default_metrics(keys)
     trained = [summarise(client, r, chosen, linked) for r in runs]
     rows = trained + baselines
     eval_metrics = sorted({k for r in rows for k in r.evals})
@@ -367,6 +387,7 @@ def build_comparison(
         sort_column=column,
         by=by,
         warnings=data_warnings(trained),
+        plot_metrics=tuple(metrics) or tuple(default_plot_metrics(keys)),
     )
 
 
@@ -463,39 +484,59 @@ def model_eval_metrics(cmp: Comparison) -> list[str]:
 
 
 def write_plot(client: Any, cmp: Comparison, path: str) -> int:
-    """A PNG with one panel per metric and one curve per run (x = step), then one panel per
-    checkpoint evaluation metric (x = checkpoint step); returns the curves."""
+    """Write `plot_figure` as a PNG at `path`; returns the number of curves."""
+    fig, curves = plot_figure(client, cmp)
+    fig.savefig(path, dpi=100)
+    return curves
+
+
+def plot_figure(client: Any, cmp: Comparison) -> tuple[Any, int]:
+    """(figure, curves): one panel per step metric (`cmp.plot_metrics`: by default the total loss and
+    every head accuracy) and one curve per run (x = step), then one panel per checkpoint
+    evaluation metric (x = checkpoint step)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    evals = model_eval_metrics(cmp)
-    panels = len(cmp.metrics) + len(evals)
+    steps, evals = list(cmp.plot_metrics or cmp.metrics), model_eval_metrics(cmp)
+    panels = len(steps) + len(evals)
     if not panels:
         raise CompareError("--plot: no metrics to plot; name some with --metrics")
-    cols = min(2, panels)
+    cols = min(3 if panels > 4 else 2, panels)
     nrows = (panels + cols - 1) // cols
-    fig = Figure(figsize=(6.5 * cols, 3.8 * nrows), layout="constrained")
+    fig = Figure(figsize=(5.5 * cols, 3.6 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     curves = 0
-    for i, metric in enumerate([*cmp.metrics, *evals]):
+    for i, metric in enumerate([*steps, *evals]):
         ax = fig.add_subplot(nrows, cols, i + 1)
-        for row in cmp.rows:
-            if i < len(cmp.metrics):
-                history = client.get_metric_history(row.run_id, metric)
-                points = sorted((m.step, m.value) for m in history)
-            else:
-                points = sorted((m.step, m.evals[metric]) for m in row.models if metric in m.evals)
-            if points:
-                style = "-" if i < len(cmp.metrics) else "o-"
-                ax.plot(*zip(*points), style, label=f"{row.name} ({row.run_id[:8]})")
-                curves += 1
-        better = "lower" if lower_is_better(metric) else "higher"
-        what = "" if i < len(cmp.metrics) else "eval of checkpoints: "
-        ax.set_title(f"{what}{metric} ({better} is better)")
-        ax.set_xlabel("step" if not what else "checkpoint step")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small")
+        curves += _plot_panel(client, ax, cmp, metric, of_checkpoints=i >= len(steps))
     fig.suptitle(f"experiment {cmp.experiment}")
-    fig.savefig(path, dpi=100)
+    return fig, curves
+
+
+def _plot_panel(client: Any, ax: Any, cmp: Comparison, metric: str, of_checkpoints: bool) -> int:
+    """One panel: `metric` against the step (or each checkpoint's evaluation against its step)."""
+    curves = 0
+    for row in cmp.rows:
+        if of_checkpoints:
+            points = sorted((m.step, m.evals[metric]) for m in row.models if metric in m.evals)
+        else:
+            points = sorted(
+                (m.step, m.value) for m in client.get_metric_history(row.run_id, metric)
+            )
+        if points:
+            ax.plot(
+                *zip(*points),
+                "o-" if of_checkpoints else "-",
+                label=f"{row.name} ({row.run_id[:8]})",
+            )
+            curves += 1
+    better = "lower" if lower_is_better(metric) else "higher"
+    ax.set_title(
+        f"{'evaluation of checkpoints: ' if of_checkpoints else ''}{metric} ({better} is better)"
+    )
+    ax.set_xlabel("checkpoint step" if of_checkpoints else "step")
+    ax.set_ylabel(y_label(metric))
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="small")
     return curves

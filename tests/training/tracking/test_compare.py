@@ -165,6 +165,30 @@ def test_table_json_and_plot_from_cli(
 
 
 @pytest.mark.unit
+def test_plot_defaults_to_the_total_loss_and_every_head_with_y_labels(
+    store: Store, tmp_path: Path
+) -> None:
+    keys = ["loss", "loss/nce_va", "acc_video_speed", "acc_audio_order", "lr", "system/cpu"]
+    assert compare.default_plot_metrics(keys) == ["loss", "acc_audio_order", "acc_video_speed"]
+    assert compare.y_label("acc_video_speed") == "accuracy (fraction correct)"
+    assert compare.y_label("ucf101-split1.action-linear.top1") == "accuracy (fraction correct)"
+    assert compare.y_label("loss/nce_va") == "loss"
+    client = _client(store.uri)
+    cmp = compare.build_comparison(client, EXPERIMENT)
+    assert cmp.metrics == ["acc/video_speed", "loss"] and cmp.plot_metrics == (
+        "loss",
+        "acc/video_speed",
+    )
+    fig, curves = compare.plot_figure(client, cmp)
+    assert curves == 6  # 3 runs x 2 panels
+    axes = fig.axes
+    assert [ax.get_ylabel() for ax in axes] == ["loss", "accuracy (fraction correct)"]
+    assert [ax.get_xlabel() for ax in axes] == ["step", "step"]
+    named = compare.build_comparison(client, EXPERIMENT, metrics=["acc/video_speed"])
+    assert named.plot_metrics == ("acc/video_speed",)
+
+
+@pytest.mark.unit
 def test_clear_errors(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["compare", "--tracking-uri", store.uri]
     assert main([*argv, "--experiment", "nope"]) == 2
