@@ -324,7 +324,7 @@ def train(req: TrainRequest) -> TrainOutcome:
         raise RuntimeError(f"training run {name} ended without a checkpoint in {where.uri}")
     ckpt_uri = where.uri_of(result.checkpoint.path)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if _is_number(v)}
-    runs.set_tag(uri, run_id, "avtime.checkpoint", ckpt_uri)
+    runs.set_final_checkpoint(uri, run_id, ckpt_uri)
     model_id, registered = finish_models(req, uri, run_id, where, run_dir)
     return TrainOutcome(
         mlflow_run_id=run_id, tracking_uri=uri, checkpoint=ckpt_uri, run_name=name,

@@ -191,7 +191,12 @@ class CheckpointModel:
 
     def tags(self) -> dict[str, str]:
         """The logged model's tags."""
-        tags = {STEP_TAG: str(self.step), CHECKPOINT_TAG: runs.redact_url(self.uri)}
+        where = runs.redact_url(self.uri)
+        tags = {STEP_TAG: str(self.step), CHECKPOINT_TAG: where}
+        tags[runs.DESCRIPTION_TAG] = (
+            f"avtime checkpoint of run {self.run_name} after {self.step} steps. Weights: {where} "
+            f"(evaluate with `avtime eval ... --checkpoint {where}`)."
+        )
         tags["avtime.run_name"] = self.run_name
         if self.dataset:
             tags["avtime.dataset"] = self.dataset
@@ -240,7 +245,7 @@ def create_checkpoint_model(client: Any, ckpt: CheckpointModel, params: Mapping[
         name=ckpt.model_name,
         source_run_id=ckpt.run_id,
         tags=ckpt.tags(),
-        params=runs.safe_params(params),
+        params=runs.safe_params({**params, "checkpoint": ckpt.uri}),
         model_type=MODEL_TYPE,
     )
     client.log_outputs(ckpt.run_id, [LoggedModelOutput(model.model_id, step=ckpt.step)])

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 DEFAULT_EXPERIMENT = "avtime"
+# MLflow's own tags: the UI opens an experiment with this kind as model training (not GenAI),
+# shows a run's or a model's description from the note, and a run's source from its name.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
 SYSTEM_METRICS_INTERVAL_S = 5.0
 _SECRET_KEY = re.compile(r"secret|passw|token|credential|access_key|api_key|auth", re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -185,11 +193,26 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def experiment_id(client: Any, uri: str, name: str) -> str:
-    """Id of experiment `name`, created (with a local artifact root for sqlite) if missing."""
+    """Id of experiment `name`, created (with a local artifact root for sqlite) if missing.
+
+    An experiment without a kind is marked as model training, so MLflow's UI opens it on its
+    runs and models rather than on the GenAI overview; a kind set by someone else is kept.
+    """
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return str(exp.experiment_id)
-    return str(client.create_experiment(name, artifact_location=_artifact_location(uri, name)))
+    if exp is None:
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        location = _artifact_location(uri, name)
+        return str(client.create_experiment(name, artifact_location=location, tags=tags))
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(exp.experiment_id)
+
+
+def source_name(argv: list[str] | None = None) -> str:
+    """What started this process, for a run's Source column: `avtime <command>`."""
+    args = sys.argv if argv is None else argv
+    command = next((a for a in args[1:] if not a.startswith("-")), "")
+    return f"avtime {command}".strip() if Path(args[0]).name == "avtime" else "avtime"
 
 
 def open_run(
@@ -211,7 +234,8 @@ def open_run(
         client.set_tag(run_id, "avtime.resumed", "true")
         return run_id
     exp = experiment_id(client, uri, experiment)
-    run = client.create_run(exp, run_name=run_name, tags=dict(safe_params(tags or {})))
+    source = {SOURCE_NAME_TAG: source_name(), SOURCE_TYPE_TAG: "LOCAL"}
+    run = client.create_run(exp, run_name=run_name, tags=source | dict(safe_params(tags or {})))
     items = sorted(safe_params(params).items())
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         chunk = [Param(k, v) for k, v in items[i : i + 100]]
@@ -231,6 +255,22 @@ def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri=uri).set_tag(run_id, key, redact_url(value))
+
+
+def set_final_checkpoint(uri: str, run_id: str, checkpoint: str) -> None:
+    """Tag the run with its final checkpoint and say where the weights are in its description,
+    which MLflow's UI shows on the run's page."""
+    from mlflow import MlflowClient
+
+    where = redact_url(checkpoint)
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(run_id, "avtime.checkpoint", where)
+    note = (
+        f"avtime training run. Final checkpoint: {where} . Each kept checkpoint is a logged model "
+        "of this run (its description and `checkpoint` param give its folder); evaluate one with "
+        f"`avtime eval action --checkpoint {where}`."
+    )
+    client.set_tag(run_id, DESCRIPTION_TAG, note)
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -78,7 +78,8 @@ def test_checkpoint_models_register_resolve_and_prune(tmp_path: Path) -> None:
     assert _checkpoint(client, exp, run_id, 6, "/ck/r") == ids[6]  # a restart reuses it
     model = client.get_logged_model(ids[6])
     assert model.name == "r-step6" and str(model.status) == "READY"
-    assert model.params == {"optim.lr": "0.1", "s3.secret": "***"}
+    assert model.params == {"optim.lr": "0.1", "s3.secret": "***", "checkpoint": "/ck/r/step_6"}
+    assert "Weights: /ck/r/step_6" in model.tags["mlflow.note.content"]  # the model's description
     outputs = client.get_run(run_id).outputs.model_outputs
     assert sorted((o.step, o.model_id) for o in outputs) == [(3, ids[3]), (6, ids[6])]
     assert lineage.register(uri, ids[6], run_id, "reg", "best") == "1"

@@ -50,3 +50,28 @@ def test_manifest_hash_changes_with_the_manifest(tmp_path: Path) -> None:
     first = runs.manifest_hash(str(tmp_path))
     (tmp_path / "manifest.json").write_text('{"a": 2}')
     assert len(first) == 16 and runs.manifest_hash(str(tmp_path)) != first
+
+
+def test_runs_open_in_a_model_training_experiment_with_source_and_description(
+    tmp_path: Path,
+) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = runs.open_run(uri=uri, experiment="e", run_name="r", params={"a": 1})
+    exp = client.get_experiment_by_name("e")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.source.name"].startswith("avtime")
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
+    runs.set_final_checkpoint(uri, run_id, "s3://user:pw@host/b/ck/r/step_00000006")
+    tags = client.get_run(run_id).data.tags
+    assert tags["avtime.checkpoint"] == "s3://host/b/ck/r/step_00000006"
+    assert "Final checkpoint: s3://host/b/ck/r/step_00000006" in tags["mlflow.note.content"]
+    assert "pw" not in tags["mlflow.note.content"]
+    other = client.create_experiment("theirs", tags={"mlflow.experimentKind": "genai_development"})
+    runs.open_run(uri=uri, experiment="theirs", run_name="r2", params={})
+    assert client.get_experiment(other).tags["mlflow.experimentKind"] == "genai_development"
+    assert runs.source_name(["/x/.venv/bin/avtime", "--debug", "train", "shards"]) == "avtime train"
+    assert runs.source_name(["pytest", "-q"]) == "avtime"
