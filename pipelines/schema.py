@@ -115,21 +115,48 @@ def manifest_to_bytes(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def parse_manifest(data: bytes | str) -> dict[str, Any]:
-    """Parse `manifest.json`; raise ValueError naming the problem if it is not schema v1."""
-    doc = json.loads(data)
+class ManifestError(ValueError):
+    """A `manifest.json` that cannot be read as one; the message names the file and the fix."""
+
+
+def parse_manifest(data: bytes | str, where: str = MANIFEST_NAME) -> dict[str, Any]:
+    """Parse `manifest.json` (named `where` in errors); `ManifestError` naming the problem if it
+    is not JSON, not schema v1, lacks a key, or lists a shard without a `path`."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"{where} is not valid JSON ({exc}); preprocess again") from None
     if not isinstance(doc, dict):
-        raise ValueError("manifest.json: expected a JSON object")
+        raise ManifestError(f"{where}: expected a JSON object")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ValueError(
-            f"manifest.json: schema_version {version!r} is not {SCHEMA_VERSION}; "
+        raise ManifestError(
+            f"{where}: schema_version {version!r} is not {SCHEMA_VERSION}; "
             "re-run `avtime preprocess` with this version of avtime"
         )
     for key in ("frame_format", "config", "counts", "shards"):
         if key not in doc:
-            raise ValueError(f"manifest.json: missing key {key!r}")
+            raise ManifestError(f"{where}: missing key {key!r}")
+    listed_shards(doc, where)
     return doc
+
+
+def listed_shards(doc: dict[str, Any], where: str = MANIFEST_NAME) -> list[str]:
+    """The shard paths a parsed manifest lists, in order; `ManifestError` naming the first
+    entry that is not an object with a non-empty string `path`."""
+    shards = doc.get("shards")
+    if not isinstance(shards, list):
+        raise ManifestError(f"{where}: 'shards' is not a list; preprocess again")
+    out = []
+    for n, entry in enumerate(shards):
+        name = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ManifestError(
+                f"{where}: shard entry {n} ({str(entry)[:80]}) has no 'path'; the manifest is "
+                "damaged: run `avtime verify` on the folder, or preprocess again into a fresh one"
+            )
+        out.append(name)
+    return out
 
 
 def shard_name(group: int, part: int) -> str:

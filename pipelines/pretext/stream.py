@@ -30,7 +30,7 @@ from avtime.pipelines import storage
 from avtime.pipelines.config import DEFAULT_SAMPLE_RATE, DataConfig
 from avtime.pipelines.pretext.clips import Example, encode_example, make_example, row_geometry
 from avtime.pipelines.pretext.plan import audio_length
-from avtime.pipelines.schema import MANIFEST_NAME, parse_manifest
+from avtime.pipelines.schema import MANIFEST_NAME, listed_shards, parse_manifest
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -60,7 +60,7 @@ def shard_paths(shards_uri: str) -> list[str]:
             f"{shards_uri} has no {MANIFEST_NAME}: not a preprocessed dataset (or its preprocess "
             f"did not finish); run `avtime preprocess SRC {shards_uri}` first"
         )
-    names = [str(entry["path"]) for entry in parse_manifest(storage.read_bytes(uri))["shards"]]
+    names = listed_shards(parse_manifest(storage.read_bytes(uri), uri), uri)
     if not names:
         raise FileNotFoundError(
             f"{uri} lists no shards: every input was rejected (rejects.parquet)"
@@ -97,7 +97,7 @@ def shards_sample_rate(shards_uri: str) -> int:
     uri = storage.join(shards_uri, MANIFEST_NAME)
     if not storage.exists(uri):
         return DEFAULT_SAMPLE_RATE
-    doc = parse_manifest(storage.read_bytes(uri))
+    doc = parse_manifest(storage.read_bytes(uri), uri)
     return int(doc["config"].get("sample_rate", DEFAULT_SAMPLE_RATE))
 
 

@@ -24,6 +24,7 @@ from avtime.pipelines.schema import (
     REJECTS_NAME,
     SCHEMA_VERSION,
     is_shard_name,
+    listed_shards,
     parse_manifest,
 )
 from avtime.pipelines.verify.report import Problem, VerifyReport, build_report
@@ -120,13 +121,10 @@ def load_manifest(uri: str) -> tuple[dict[str, Any], list[Problem]]:
 
 
 def _listed_shards(manifest: dict[str, Any]) -> list[str]:
-    out = []
-    for entry in manifest["shards"]:
-        name = entry.get("path") if isinstance(entry, dict) else None
-        if not isinstance(name, str):
-            raise VerifyError(f"{MANIFEST_NAME}: shard entry {entry!r} has no 'path'")
-        out.append(name)
-    return out
+    try:
+        return listed_shards(manifest)
+    except ValueError as exc:
+        raise VerifyError(str(exc)) from None
 
 
 def _relative(found: str, base: str) -> str:

@@ -96,7 +96,7 @@ def ensure_shards(
         print(f"eval: decoding {len(items)} files of {name} into {shards}", file=sys.stderr)
         res = run_ingest(listing, shards, cfg, workers=workers)
         print(res.summary_line(), file=sys.stderr)
-    counts = parse_manifest(storage.read_bytes(manifest)).get("counts", {})
+    counts = parse_manifest(storage.read_bytes(manifest), manifest).get("counts", {})
     out = CachedShards(
         uri=shards,
         rows=int(counts.get("rows", 0)),
