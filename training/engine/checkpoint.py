@@ -95,6 +95,30 @@ def load(
     return meta, state
 
 
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load `weights` into `module`, or raise `CheckpointError` naming `where` (the checkpoint
+    file) and the first tensors whose names or shapes differ, in place of torch's long message.
+    A `module.` prefix (DDP) on the saved names is ignored."""
+    weights = {k.removeprefix("module."): v for k, v in weights.items()}
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        f"{k} is {list(weights[k].shape)} there and {list(v.shape)} in the model"
+        for k, v in own.items()
+        if k in weights and tuple(weights[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"{len(shapes)} shapes differ ({shapes[0]})"] if shapes else []
+        parts += [f"{len(missing)} tensors missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise CheckpointError(
+            f"{where} does not match the model its config.yaml describes: {'; '.join(parts)}. "
+            "Was config.yaml edited, or copied from another run?"
+        )
+    module.load_state_dict(weights)
+
+
 def read_config_yaml(folder: str | Path) -> str:
     """The resolved run config YAML stored in a local checkpoint folder."""
     path = Path(folder) / CONFIG_FILE

@@ -77,8 +77,8 @@ def _resolve_folder(folder: Path) -> Path:
 def _model_state(state: Any) -> dict[str, torch.Tensor]:
     sd = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(sd, dict):
-        raise ValueError("checkpoint state.pt has no 'model' state dict")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+        raise ckpt.CheckpointError("checkpoint state.pt has no 'model' state dict")
+    return sd
 
 
 def load_model(
@@ -104,18 +104,18 @@ def load_model(
     local, tmp = _fetch(resolved)
     try:
         folder = _resolve_folder(local)
+        rel = folder.relative_to(local).as_posix()
+        where = (
+            str(folder) if tmp is None else resolved.rstrip("/") + ("" if rel == "." else f"/{rel}")
+        )
         meta, state = ckpt.load(folder)
         cfg = config_from_yaml_text(ckpt.read_config_yaml(folder))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     model = build_model(cfg, seed)
-    missing, unexpected = model.load_state_dict(_model_state(state), strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {checkpoint} does not match its config's model: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    shown = where if checkpoint == resolved else f"{where} ({checkpoint})"
+    ckpt.load_weights(model, _model_state(state), f"{shown}/{ckpt.STATE_FILE}")
     return LoadedModel(
         model=model.eval(),
         cfg=cfg,
