@@ -1,7 +1,9 @@
 """One writer per destination: a lock file in `DST/_progress/lock.json`, local or s3://.
 
 Two `avtime preprocess` runs on one DST would delete each other's shards as orphans and write
-rows twice. So a run takes the lock before it touches DST:
+rows twice; two `avtime train` runs on one run folder would overwrite each other's checkpoints.
+So a run takes the lock before it touches DST (`job` names the command in its messages,
+`name` the lock file, and `details` what else the owner wants a second run to read):
 
 - The lock names its owner (host, pid, a random token) and the time it was last renewed; a
   thread renews it every `renew_s` while the run lives, and the run removes it when it ends.
@@ -37,14 +39,16 @@ class LockError(RuntimeError):
     """The destination is locked by a live run; the message names it."""
 
 
-def _record(token: str) -> dict[str, Any]:
+def _record(token: str, details: dict[str, str]) -> dict[str, Any]:
     host, pid = socket.gethostname(), os.getpid()
+    owner = ", ".join([f"{host} pid {pid}", *(f"{k} {v}" for k, v in details.items())])
     return {
-        "owner": f"{host} pid {pid}",
+        "owner": owner,
         "host": host,
         "pid": pid,
         "token": token,
         "renewed_unix": time.time(),
+        "details": details,
     }
 
 
@@ -77,6 +81,10 @@ class DestinationLock:
     """The lock of one destination; `acquire()` before writing, `release()` after."""
 
     dst: str
+    job: str = "preprocess"  # the command, in messages
+    name: str = LOCK_NAME  # the lock file, relative to `dst`
+    details: dict[str, str] = field(default_factory=dict)  # shown to a second run; see `describe`
+    remedy: str = "wait for it to finish, or use another DST"  # what a second run can do
     renew_s: float = RENEW_S
     stale_s: float = STALE_S
     settle_s: float = SETTLE_S
@@ -87,7 +95,15 @@ class DestinationLock:
 
     @property
     def uri(self) -> str:
-        return storage.join(self.dst, LOCK_NAME)
+        return storage.join(self.dst, self.name)
+
+    def _write(self) -> None:
+        storage.write_bytes(self.uri, json.dumps(_record(self.token, self.details)).encode())
+
+    def describe(self, **details: str) -> None:
+        """Add `details` (e.g. the MLflow run id) to the lock record, written at once."""
+        self.details.update(details)
+        self._write()
 
     def _check_free(self) -> None:
         """Raise LockError when a live run holds the lock; note a stale one we take over."""
@@ -97,31 +113,31 @@ class DestinationLock:
         age = time.time() - float(held.get("renewed_unix", 0.0))
         if _gone(held):
             self.notify(
-                f"preprocess: taking over the lock of {held.get('owner')} on {self.dst} (that "
+                f"{self.job}: taking over the lock of {held.get('owner')} on {self.dst} (that "
                 "process no longer exists)"
             )
             return
         if age < self.stale_s:
             raise LockError(
-                f"{self.dst} is being written by another preprocess run ({held.get('owner')}, "
-                f"lock renewed {age:.0f} s ago); wait for it to finish, or use another DST. A "
+                f"{self.dst} is being written by another {self.job} run ({held.get('owner')}, "
+                f"lock renewed {age:.0f} s ago); {self.remedy}. A "
                 f"lock not renewed for {self.stale_s:.0f} s is taken over"
             )
         self.notify(
-            f"preprocess: taking over the stale lock of {held.get('owner')} on {self.dst} "
+            f"{self.job}: taking over the stale lock of {held.get('owner')} on {self.dst} "
             f"(not renewed for {age:.0f} s; its run is gone)"
         )
 
     def acquire(self) -> None:
         """Take the lock or raise LockError; then keep it renewed until `release()`."""
         self._check_free()
-        storage.write_bytes(self.uri, json.dumps(_record(self.token)).encode())
+        self._write()
         time.sleep(self.settle_s)
         held = _read(self.uri)
         if held is None or held.get("token") != self.token:
             owner = (held or {}).get("owner", "another run")
             raise LockError(
-                f"{self.dst}: another preprocess run ({owner}) took it at the same time"
+                f"{self.dst}: another {self.job} run ({owner}) took it at the same time"
             )
         self._thread = threading.Thread(target=self._renew, daemon=True, name="avtime-lock")
         self._thread.start()
@@ -132,14 +148,14 @@ class DestinationLock:
             try:
                 held = _read(self.uri)
                 if held is not None and held.get("token") not in (self.token, None):
-                    self.notify(f"preprocess: lost the lock on {self.dst} to {held.get('owner')}")
+                    self.notify(f"{self.job}: lost the lock on {self.dst} to {held.get('owner')}")
                     return
-                storage.write_bytes(self.uri, json.dumps(_record(self.token)).encode())
+                self._write()
                 failed = False
             except Exception as exc:  # noqa: BLE001 - the job itself reports storage faults
                 if not failed:
                     self.notify(
-                        f"preprocess: could not renew the lock on {self.dst} ({type(exc).__name__})"
+                        f"{self.job}: could not renew the lock on {self.dst} ({type(exc).__name__})"
                     )
                 failed = True
 
@@ -155,7 +171,7 @@ class DestinationLock:
                 storage.remove(self.uri)
         except Exception as exc:  # noqa: BLE001
             self.notify(
-                f"preprocess: could not remove the lock on {self.dst} ({type(exc).__name__})"
+                f"{self.job}: could not remove the lock on {self.dst} ({type(exc).__name__})"
             )
 
     def __enter__(self) -> DestinationLock:

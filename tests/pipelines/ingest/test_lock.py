@@ -34,6 +34,29 @@ def test_second_holder_fails_naming_the_owner_and_release_frees(tmp_path: Path) 
 
 
 @pytest.mark.unit
+def test_a_train_lock_names_its_job_details_and_remedy(tmp_path: Path) -> None:
+    def train_lock() -> DestinationLock:
+        return DestinationLock(
+            str(tmp_path), job="train", name="_avtime/lock.json", settle_s=0.01,
+            remedy="wait for it to finish, or give this run another --name",
+        )  # fmt: skip
+
+    first = train_lock()
+    with first:
+        first.describe(mlflow_run="abc123")
+        held = json.loads((tmp_path / "_avtime" / "lock.json").read_text())
+        assert held["details"] == {"mlflow_run": "abc123"}
+        with pytest.raises(LockError) as err:
+            train_lock().acquire()
+        text = str(err.value)
+        assert (
+            f"another train run ({os.uname().nodename} pid {os.getpid()}, mlflow_run abc123" in text
+        )
+        assert "give this run another --name" in text and "another DST" not in text
+    assert not (tmp_path / "_avtime" / "lock.json").exists()
+
+
+@pytest.mark.unit
 def test_a_stale_lock_is_taken_over_with_a_message(tmp_path: Path) -> None:
     (tmp_path / LOCK_NAME).parent.mkdir(parents=True)
     old = {"owner": "gone-host pid 1", "token": "dead", "renewed_unix": time.time() - 120}
