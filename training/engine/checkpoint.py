@@ -13,9 +13,11 @@ and for the data stream (the data epoch to start from).
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -156,21 +158,64 @@ def find_latest(fs: Any, run_dir: str) -> tuple[str, CheckpointMeta] | None:
     Ray restores the one before). Without a snapshot, every `step_*` folder counts. Complete
     means its `meta.json` and `state.pt` are both there. Returns (path, meta) or None.
     """
+    for folder in _candidates(fs, run_dir.rstrip("/")):
+        return folder, CheckpointMeta.from_json(_read(fs, f"{folder}/{META_FILE}").decode())
+    return None
+
+
+def find_resumable(
+    fs: Any, run_dir: str, notify: Callable[[str], None] = print
+) -> tuple[str, CheckpointMeta] | None:
+    """The newest checkpoint under `run_dir` that loads as `load` would load it.
+
+    Candidates are `find_latest`'s, newest first. One whose `meta.json` or `state.pt` does not
+    load (truncated by a full disk, damaged in transit) is skipped with one line to `notify`
+    naming the file, and the one before it is tried. None when there is no checkpoint;
+    `CheckpointError` when there are some and none loads.
+    """
+    skipped: list[str] = []
+    for folder in _candidates(fs, run_dir.rstrip("/")):
+        try:
+            meta = CheckpointMeta.from_json(_read(fs, f"{folder}/{META_FILE}").decode())
+            torch.load(io.BytesIO(_read(fs, f"{folder}/{STATE_FILE}")), weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds; each means unreadable
+            skipped.append(folder)
+            notify(
+                f"checkpoint {folder} is unreadable ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); trying the one before"
+            )
+            continue
+        if skipped:
+            notify(f"resuming from {folder} (step {meta.step}), the newest readable checkpoint")
+        return folder, meta
+    if skipped:
+        raise CheckpointError(
+            f"none of the {len(skipped)} checkpoints in {run_dir} is readable (newest: "
+            f"{skipped[0]}); delete the run folder to start again, or train under another --name"
+        )
+    return None
+
+
+def _read(fs: Any, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return bytes(f.read())
+
+
+def _candidates(fs: Any, base: str) -> list[str]:
+    """Checkpoint folders under `base` with both files present, newest first (see find_latest)."""
     import pyarrow.fs as pafs
 
-    base = run_dir.rstrip("/")
     names = _committed(fs, base)
     if names is None:
         info = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=False))
         names = [i.base_name for i in info if i.type == pafs.FileType.Directory]
+    out = []
     for name in sorted((n for n in names if n.startswith(DIR_PREFIX)), reverse=True):
         folder = f"{base}/{name}"
-        state, meta_path = fs.get_file_info([f"{folder}/{STATE_FILE}", f"{folder}/{META_FILE}"])
-        if state.type != pafs.FileType.File or meta_path.type != pafs.FileType.File:
-            continue
-        with fs.open_input_stream(meta_path.path) as f:
-            return folder, CheckpointMeta.from_json(f.read().decode())
-    return None
+        state, meta = fs.get_file_info([f"{folder}/{STATE_FILE}", f"{folder}/{META_FILE}"])
+        if state.type == pafs.FileType.File and meta.type == pafs.FileType.File:
+            out.append(folder)
+    return out
 
 
 def committed(fs: Any, run_dir: str) -> list[str] | None:
