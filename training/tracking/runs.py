@@ -14,13 +14,18 @@ a credential is logged: `safe_params` masks secret-looking keys and URL user inf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,27 +99,128 @@ class TrackingSpec:
     dataset_digest: str = ""
 
 
-class MlflowLogger:
-    """Attaches this process to an existing MLflow run and logs to it.
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used; the message names it and what to do."""
 
-    Step metrics carry the training dataset (name and digest) and, at checkpoint steps, the
-    checkpoint's logged model (see `training.tracking.lineage`).
+
+# Bounds on one MLflow HTTP call (MLflow's own defaults retry for minutes): the logger's calls
+# run in a background thread, and a driver waiting on a dead server must give up in seconds.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+CLOSE_DEADLINE_S = 30.0  # how long `close` waits for unsent items before giving up on them
+MAX_PENDING = 20_000  # unsent items kept while the server is down; older ones are dropped
+
+
+def bound_http_calls() -> None:
+    """Cap MLflow's HTTP retries and timeout in this process, unless the user set them."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class _Sender:
+    """Runs MLflow calls in order on a background thread, so a slow or dead server never
+    blocks training. A failed call is kept at the head and retried with backoff; the first
+    failure and the recovery are each one line to `notify`. Items past `MAX_PENDING` are
+    dropped oldest first (and counted)."""
+
+    def __init__(self, where: str, notify: Callable[[str], None]) -> None:
+        self._where, self._notify = where, notify
+        self._items: deque[Callable[[], None]] = deque()
+        self._cond = threading.Condition()
+        self._stop, self.down, self.dropped = False, False, 0
+        self._thread = threading.Thread(target=self._run, name="avtime-mlflow", daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        with self._cond:
+            if len(self._items) >= MAX_PENDING:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(call)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def flush(self, deadline_s: float) -> int:
+        """Wait up to `deadline_s` for every item to be sent; the number still unsent."""
+        end = time.monotonic() + deadline_s
+        with self._cond:
+            while self._items and time.monotonic() < end:
+                self._cond.wait(min(0.2, max(0.0, end - time.monotonic())))
+            return len(self._items)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while True:
+            with self._cond:
+                while not self._items and not self._stop:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                call = self._items[0]
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the item, retry later
+                self._failed(exc)
+                with self._cond:
+                    self._cond.wait(backoff)
+                    if self._stop:
+                        return
+                backoff = min(30.0, backoff * 2)
+                continue
+            with self._cond:
+                self._items.popleft()
+                self._cond.notify_all()
+            if self.down:
+                self.down, backoff = False, 1.0
+                self._notify(f"MLflow at {self._where} answers again; sending what was kept")
+
+    def _failed(self, exc: Exception) -> None:
+        if not self.down:
+            self.down = True
+            self._notify(
+                f"MLflow at {self._where} is not answering ({type(exc).__name__}); training goes "
+                "on, and its metrics are kept and sent when the server is back"
+            )
+
+
+class MlflowLogger:
+    """Attaches this process to an existing MLflow run and logs to it, without blocking.
+
+    Every call is queued and sent in order by a background thread (`_Sender`): while the server
+    is down, training goes on and the metrics wait (up to `MAX_PENDING` items). Step metrics
+    carry the training dataset (name and digest) and, at checkpoint steps, the checkpoint's
+    logged model (see `training.tracking.lineage`), which `begin_checkpoint` names by a key
+    that the sender resolves once the model exists. Files handed over are copied first, so
+    the caller may delete them at once.
 
     Args:
         spec: the tracking URI, run id, run name and training dataset.
+        notify: where the logger's own lines go (one when the server stops answering, one when
+            it is back, and one at `close` if items could not be sent).
     """
 
-    def __init__(self, spec: TrackingSpec) -> None:
+    def __init__(self, spec: TrackingSpec, notify: Callable[[str], None] = print) -> None:
         import mlflow
 
-        self._mlflow = mlflow
-        self._spec = spec
+        bound_http_calls()
+        self._mlflow, self._spec, self._notify = mlflow, spec, notify
         mlflow.set_tracking_uri(spec.tracking_uri)
         if spec.system_metrics:
             _import_psutil()
             mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         self._run = mlflow.start_run(run_id=spec.run_id, log_system_metrics=spec.system_metrics)
         self._client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
+        self._models: dict[str, str] = {}  # begin_checkpoint's key -> logged model id
+        self._spool = Path(tempfile.mkdtemp(prefix="avtime-mlflow-"))
+        self._sender = _Sender(redact_url(spec.tracking_uri), notify)
+        self._last_step = -1
 
     def log(self, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
         from mlflow.entities import Metric
@@ -123,18 +229,33 @@ class MlflowLogger:
         ds = (self._spec.dataset_name or None, self._spec.dataset_digest or None)
         if None in ds:
             ds = (None, None)
-        items = [
-            Metric(k, float(v), now, step, model_id=model_id, dataset_name=ds[0],
-                   dataset_digest=ds[1])
-            for k, v in metrics.items()
-        ]  # fmt: skip
-        self._client.log_batch(self._spec.run_id, metrics=items)
+        values = {k: float(v) for k, v in metrics.items()}
+        self._last_step = max(self._last_step, step)
+
+        def send() -> None:
+            model = self._models.get(model_id or "")
+            items = [
+                Metric(k, v, now, step, model_id=model, dataset_name=ds[0], dataset_digest=ds[1])
+                for k, v in values.items()
+            ]
+            self._client.log_batch(self._spec.run_id, metrics=items)
+
+        self._sender.submit(send)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(str(local_path), artifact_path=artifact_path)
+        kept = self._keep(Path(local_path))
+        run_id = self._spec.run_id
+        self._sender.submit(lambda: self._client.log_artifact(run_id, str(kept), artifact_path))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._mlflow.set_tags(safe_params(tags))
+        clean = safe_params(tags)
+        run_id = self._spec.run_id
+
+        def send() -> None:
+            for k, v in clean.items():
+                self._client.set_tag(run_id, k, v)
+
+        self._sender.submit(send)
 
     def begin_checkpoint(self, step: int, uri: str, params: Mapping[str, Any]) -> str | None:
         from avtime.training.tracking import lineage
@@ -147,17 +268,54 @@ class MlflowLogger:
             run_name=self._spec.run_name or self._run.info.run_name or self._spec.run_id[:8],
             step=step, uri=uri, dataset=dataset,
         )  # fmt: skip
-        return lineage.create_checkpoint_model(self._client, ckpt, params)
+        key, params = f"checkpoint-{step}", dict(params)
+
+        def send() -> None:
+            self._models[key] = lineage.create_checkpoint_model(self._client, ckpt, params)
+
+        self._sender.submit(send)
+        return key
 
     def end_checkpoint(self, model_id: str | None, weights_dir: str | None = None) -> None:
         from avtime.training.tracking import lineage
 
-        if model_id:
-            lineage.finalize_checkpoint_model(self._client, model_id, weights_dir)
+        if not model_id:
+            return
+        kept = self._keep(Path(weights_dir)) if weights_dir else None
+
+        def send() -> None:
+            if model_id in self._models:
+                lineage.finalize_checkpoint_model(
+                    self._client, self._models[model_id], None if kept is None else str(kept)
+                )
+
+        self._sender.submit(send)
+
+    def _keep(self, path: Path) -> Path:
+        """A copy of file or folder `path` in the logger's spool, for a later send."""
+        dest = self._spool / f"{len(list(self._spool.iterdir())):06d}" / path.name
+        dest.parent.mkdir(parents=True)
+        if path.is_dir():
+            shutil.copytree(path, dest)
+        else:
+            shutil.copy2(path, dest)
+        return dest
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the run in this process with `status` (FINISHED, FAILED or KILLED)."""
-        self._mlflow.end_run(status=status)
+        """Send what is queued (waiting up to `CLOSE_DEADLINE_S`), then end the run in this
+        process with `status` (FINISHED, FAILED or KILLED). If the server does not answer by
+        then, say so in one line and leave the run open: a rerun resumes it and ends it."""
+        left = self._sender.flush(CLOSE_DEADLINE_S)
+        self._sender.stop()
+        if not left:  # MLflow keeps the active run per thread: end it on this one
+            self._mlflow.end_run(status=status)
+        if left or self._sender.dropped:
+            self._notify(
+                f"MLflow at {redact_url(self._spec.tracking_uri)} did not take {left} queued "
+                f"items (and {self._sender.dropped} dropped while it was down; metrics up to step "
+                f"{self._last_step}); the run's end is recorded when the same command runs again"
+            )
+        shutil.rmtree(self._spool, ignore_errors=True)
 
 
 def _import_psutil() -> None:
@@ -273,11 +431,59 @@ def set_final_checkpoint(uri: str, run_id: str, checkpoint: str) -> None:
     client.set_tag(run_id, DESCRIPTION_TAG, note)
 
 
-def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """Mark the run terminated (the rank-0 worker usually did already)."""
+def finish_run(
+    uri: str, run_id: str, status: str = "FINISHED", deadline_s: float | None = None
+) -> bool:
+    """Mark the run terminated (the rank-0 worker usually did already). With `deadline_s`,
+    give up after that long (a dead server must not hold up Ctrl-C) and return False; the
+    rerun that resumes the run ends it."""
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
+    bound_http_calls()
+    if deadline_s is None:
+        MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
+        return True
+    done = threading.Event()
+
+    def mark() -> None:
+        with contextlib.suppress(Exception):
+            MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
+            done.set()
+
+    threading.Thread(target=mark, name="avtime-finish-run", daemon=True).start()
+    return done.wait(deadline_s)
+
+
+def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, naming the store, when a tracking URI cannot be used: a sqlite file
+    whose folder does not exist, or a server that does not answer or refuses this host name
+    (MLflow >= 3.5 answers 403 to Host headers not in its `--allowed-hosts`)."""
+    import urllib.error
+    import urllib.request
+
+    shown = redact_url(uri)
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir():
+            raise TrackingError(f"MLflow store {shown}: folder {folder} does not exist")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        body = exc.read(300).decode("utf-8", "replace")
+        if exc.code == 403 and "host" in body.lower():
+            raise TrackingError(
+                f"the MLflow server at {shown} refuses this host name (403 Invalid Host header): "
+                "start it with --allowed-hosts listing the name in the URI (see docs/cluster.md)"
+            ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"cannot reach the MLflow server at {shown} ({reason}): is it up, and is "
+            "--tracking-uri / MLFLOW_TRACKING_URI right?"
+        ) from None
 
 
 def redact_url(value: str) -> str:
