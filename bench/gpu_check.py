@@ -4,15 +4,17 @@
         [--budget-s 420] [--cpu-examples-per-core X] [--skip-decode] [--cpu-smoke]
 
 One command, at most about 8 minutes on one H100, that needs only torch, torchvision, torchaudio
-and this checkout's `avtime.models` (no Ray, PyAV, MLflow, pyarrow or yaml; avtime need not be
-installed: without an install `avtime` is mapped onto the checkout). On the paper preset's model
-(R(2+1)D-18 + ResNet-18 audio, embed 128; built from avtime.models.config with the values of
-training/config.py `paper()`, which tests/bench/test_gpu_check.py checks) and losses (every term,
-temperature 0.1, a full 8192-row queue, 5 neighbours), on synthetic batches of the contract's
+and this checkout's `avtime.models` and `avtime.training.engine.step` (no Ray, PyAV, MLflow,
+pyarrow or yaml; avtime need not be installed: without an install `avtime` is mapped onto the
+checkout). On the paper preset's model (R(2+1)D-18 + ResNet-18 audio, embed 128), losses (every
+term, temperature 0.1, a full 8192-row queue, 5 neighbours) and optimiser (AdamW, lr 1e-3,
+warmup 2000 of 200k steps), as a `StepConfig` with the values of training/config.py `paper()`
+(tests/bench/test_gpu_check.py checks they are equal), on synthetic batches of the contract's
 shapes (video uint8 [B, 3, 16, 112, 112] x 2, audio float32 [B, 10240] x 2, labels), already on
-the GPU, it runs the training step of training/engine/loop.py `train_step` (bf16 autocast,
-fp32 losses, backward, clip to 1.0, AdamW; mirrored here without Ray, and checked equal to it
-by the same test) and reports, per variant:
+the GPU, it runs the training step that `avtime train` runs: training/engine/step.py
+`train_step` itself (bf16 autocast, fp32 losses that read the queue, the queue push, the momentum
+key encoder when the preset has one, gradient accumulation over `optim.accum_steps`, backward,
+clip to 1.0, AdamW, the lr schedule) and reports, per variant:
 - steady-state examples/s and ms/step after warm-up (the first step, compilation included, is
   timed apart), at batch sizes 32, 64 and 128 per GPU;
 - peak GPU memory (allocated and reserved), or OOM;
@@ -45,8 +47,8 @@ import sys
 import time
 import types
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -54,8 +56,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from avtime.models.config import LossConfig, ModelConfig
-    from avtime.models.queue import FeatureQueue
+    from avtime.training.engine.step import StepState
+    from avtime.training.engine.step_config import StepConfig
 
 Batch = dict[str, torch.Tensor]
 # examples/s per core of the CPU feed at the paper preset (bench/results/2026-12-05-feed-bench.md)
@@ -77,43 +79,42 @@ def ensure_avtime() -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class Setup:
-    """Model, losses, clip shapes and optimiser of the check (the paper preset's by default)."""
+    """What the check trains (model, losses, optimiser, schedule: `step`) and on which clips."""
 
-    model: ModelConfig
-    loss: LossConfig
+    step: StepConfig
     clip_frames: int  # T
     crop_size: int  # S
-    num_speeds: int
     audio_seconds: float
     batch_size: int  # per GPU
-    lr: float
-    weight_decay: float
-    grad_clip: float
-    seed: int = 0
 
     @property
     def audio_len(self) -> int:
         """L, samples per audio clip (round half up, as pipelines.pretext.plan.audio_length)."""
-        return math.floor(self.audio_seconds * self.model.sample_rate + 0.5)
+        return math.floor(self.audio_seconds * self.step.model.sample_rate + 0.5)
 
 
 def paper_setup() -> Setup:
-    """The values training/config.py paper() sets, from avtime.models.config alone."""
+    """The values training/config.py paper() sets, from avtime.models.config and the step's
+    configs alone (tests/bench/test_gpu_check.py checks they are the preset's)."""
     from avtime.models.config import LossConfig, ModelConfig
+    from avtime.training.engine.step_config import OptimConfig, StepConfig
 
-    return Setup(
+    step = StepConfig(
         model=ModelConfig(video_arch="r2plus1d_18", audio_arch="resnet18", embed_dim=128),
         loss=LossConfig(temperature=0.1, queue_size=8192, knn_k=5),
-        clip_frames=16, crop_size=112, num_speeds=4, audio_seconds=PAPER_AUDIO_SECONDS,
-        batch_size=32, lr=1e-3, weight_decay=1e-4, grad_clip=1.0,
+        optim=OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=2000),
+        num_speeds=4, total_steps=200_000, seed=0,
     )  # fmt: skip
+    return Setup(
+        step=step, clip_frames=16, crop_size=112, audio_seconds=PAPER_AUDIO_SECONDS, batch_size=32
+    )
 
 
 def smoke_setup() -> Setup:
     """The paper's encoders and losses at tiny sizes, for --cpu-smoke."""
     base = paper_setup()
-    loss = replace(base.loss, queue_size=64, knn_k=2)
-    return replace(base, loss=loss, clip_frames=4, crop_size=32, audio_seconds=0.1, batch_size=2)
+    step = replace(base.step, loss=replace(base.step.loss, queue_size=64, knn_k=2))
+    return replace(base, step=step, clip_frames=4, crop_size=32, audio_seconds=0.1, batch_size=2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,52 +129,26 @@ class Variant:
     audio_seconds: float | None = None  # None: the setup's
 
 
-@dataclass
-class Trainer:
-    """What one variant trains: model, optimiser, queue, one batch, on `device`."""
+def build_trainer(setup: Setup, device: torch.device, fill_queue: bool = True) -> StepState:
+    """The training step's state, built by the engine (`step.build_step_state`: model, AdamW,
+    warmup + cosine schedule, queue, key encoder); the queue optionally filled with random
+    rows (a steady-state queue: every bank full)."""
+    from avtime.training.engine.step import build_step_state
 
-    setup: Setup
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    queue: FeatureQueue | None
-    device: torch.device
-    log: list[dict[str, float]] = field(default_factory=list)
-
-
-def build_optimizer(model: nn.Module, setup: Setup) -> torch.optim.Optimizer:
-    """AdamW with weight decay on weight matrices and kernels only (training/engine/optim.py)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": setup.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=setup.lr)
-
-
-def build_trainer(setup: Setup, device: torch.device, fill_queue: bool = True) -> Trainer:
-    """Model and queue seeded as training/engine/loop.py build_state does, then AdamW; the queue
-    optionally filled with random rows (a steady-state queue: every bank full)."""
-    from avtime.models.av import AVModel
-    from avtime.models.queue import FeatureQueue
-
-    torch.manual_seed(setup.seed)
-    model = AVModel(setup.model, num_speeds=setup.num_speeds, loss_cfg=setup.loss).to(device)
-    queue = None
-    if setup.loss.queue_size > 0:
-        queue = FeatureQueue(setup.loss.queue_size, setup.model.embed_dim).to(device)
-        if fill_queue:
-            n, d = setup.loss.queue_size, setup.model.embed_dim
-            for name in queue.banks:
-                src = torch.randint(1 << 20, 1 << 40, (n,), device=device)
-                queue.push(name, torch.randn(n, d, device=device), src)
-    return Trainer(setup, model, build_optimizer(model, setup), queue, device)
+    st = build_step_state(setup.step, device)
+    if st.queue is not None and fill_queue:
+        n, d = st.queue.size, st.queue.dim
+        for name in st.queue.banks:
+            src = torch.randint(1 << 20, 1 << 40, (n,), device=device)
+            st.queue.push(name, torch.randn(n, d, device=device), src)
+    return st
 
 
 def synthetic_batch(setup: Setup, batch: int, device: torch.device, seed: int = 1) -> Batch:
     """A random pretext batch (docs/CONTRACTS.md section 2) on `device`: video1/2 uint8
     [B, 3, T, S, S], audio1/2 float32 [B, L] in [-1, 1], has_audio [B], labels, source_key."""
     g = torch.Generator().manual_seed(seed)
-    t, s, k = setup.clip_frames, setup.crop_size, setup.num_speeds
+    t, s, k = setup.clip_frames, setup.crop_size, setup.step.num_speeds
 
     def labels(high: int, *shape: int) -> torch.Tensor:
         return torch.randint(0, high, (batch, *shape), generator=g)
@@ -193,39 +168,26 @@ def synthetic_batch(setup: Setup, batch: int, device: torch.device, seed: int = 
     return {key: v.to(device) for key, v in out.items()}
 
 
-def autocast(device: torch.device) -> AbstractContextManager[object]:
-    """bf16 autocast on CUDA; plain fp32 elsewhere (training/engine/optim.py autocast)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def engine_step_name() -> str:
+    """The qualified name of the function `train_step` runs (recorded in the results)."""
+    from avtime.training.engine.step import train_step as engine_step
+
+    return f"{engine_step.__module__}.{engine_step.__qualname__}"
 
 
-def train_step(tr: Trainer, batch: Batch) -> dict[str, float]:
-    """One optimiser step as training/engine/loop.py `train_step` runs it with one micro-batch:
-    forward under bf16 autocast (CUDA), `total_loss` in fp32 (reads, then fills the queue),
-    backward, clip the global grad norm to `grad_clip`, AdamW step. Returns the terms (floats,
-    as the loop logs them) and `grad_norm` (before clipping)."""
-    from avtime.models.losses import total_loss
+def train_step(st: StepState, batch: Batch) -> dict[str, float]:
+    """One optimiser step of `avtime train`: the engine's `train_step` (training/engine/step.py)
+    over `optim.accum_steps` micro-batches (this batch each time). Returns its terms, `lr` and
+    `grad_norm` (before clipping)."""
+    from avtime.training.engine.step import train_step as engine_step
 
-    with autocast(tr.device):
-        out = tr.model(batch["video1"], batch["video2"], batch["audio1"], batch["audio2"])
-    loss, terms = total_loss(out, batch, tr.setup.loss, tr.queue)
-    loss.backward()
-    params = [p for p in tr.model.parameters() if p.grad is not None]
-    max_norm = tr.setup.grad_clip if tr.setup.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    sums = {k: float(v) for k, v in terms.items()}
-    sums["grad_norm"] = float(grad_norm)
-    tr.optimizer.step()
-    tr.optimizer.zero_grad(set_to_none=True)
-    tr.log.append(sums)
-    return sums
+    return engine_step(st, [batch] * st.spec.optim.accum_steps)
 
 
-def apply_variant(tr: Trainer, batch: Batch, v: Variant, backend: str) -> Batch:
+def apply_variant(st: StepState, batch: Batch, v: Variant, backend: str) -> Batch:
     """channels_last_3d and torch.compile on the video encoder, as `v` asks; returns the batch
     with its videos in the matching memory format."""
-    model = cast(Any, tr.model)
+    model = cast(Any, st.model)
     if v.channels_last:
         model.video.to(memory_format=torch.channels_last_3d)
         fmt = torch.channels_last_3d
@@ -250,24 +212,16 @@ def run_variant(
         setup = replace(setup, audio_seconds=v.audio_seconds)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tr = build_trainer(setup, device)
-    batch = apply_variant(tr, synthetic_batch(setup, v.batch, device), v, backend)
-    t0 = time.perf_counter()
-    train_step(tr, batch)
-    sync(device)
-    first_s = time.perf_counter() - t0
-    for _ in range(max(0, steps[0] - 1)):
-        train_step(tr, batch)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps[1]):
-        train_step(tr, batch)
-    sync(device)
-    elapsed = time.perf_counter() - t0
-    finite = all(math.isfinite(x) for row in tr.log for x in row.values())
-    gib = 1024**3
+    st = build_trainer(setup, device)
+    batch = apply_variant(st, synthetic_batch(setup, v.batch, device), v, backend)
+    log: list[dict[str, float]] = []
+    first_s = timed_steps(st, batch, 1, log)
+    timed_steps(st, batch, max(0, steps[0] - 1), log)
+    elapsed = timed_steps(st, batch, steps[1], log)
+    finite = all(math.isfinite(x) for row in log for x in row.values())
+    gib, examples = 1024**3, v.batch * setup.step.optim.accum_steps * steps[1]
     return {
-        "examples_per_s": v.batch * steps[1] / elapsed,
+        "examples_per_s": examples / elapsed,
         "ms_per_step": 1000 * elapsed / steps[1],
         "first_step_s": first_s,
         "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / gib
@@ -275,8 +229,19 @@ def run_variant(
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / gib
         if device.type == "cuda" else None,
         "finite": finite,
-        "last": tr.log[-1],
+        "last": log[-1],
     }  # fmt: skip
+
+
+def timed_steps(st: StepState, batch: Batch, n: int, log: list[dict[str, float]]) -> float:
+    """Seconds for `n` training steps (device synchronised at both ends); their terms go to
+    `log`."""
+    sync(st.device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        log.append(train_step(st, batch))
+    sync(st.device)
+    return time.perf_counter() - t0
 
 
 def release(device: torch.device) -> None:
@@ -292,6 +257,7 @@ def precision_check(setup: Setup, device: torch.device, batch: int) -> dict[str,
     (empty queue): the loss terms of both, their largest relative difference, the cosine of
     the two flattened gradients, and whether everything is finite."""
     from avtime.models.losses import total_loss
+    from avtime.training.engine.step import autocast
 
     tr = build_trainer(setup, device, fill_queue=False)
     data = synthetic_batch(setup, batch, device)
@@ -300,7 +266,7 @@ def precision_check(setup: Setup, device: torch.device, batch: int) -> dict[str,
         tr.model.zero_grad(set_to_none=True)
         with ctx:
             out = tr.model(data["video1"], data["video2"], data["audio1"], data["audio2"])
-        loss, terms = total_loss(out, data, setup.loss, tr.queue, update_queue=False)
+        loss, terms = total_loss(out, data, setup.step.loss, tr.queue)
         loss.backward()
         grads = [p.grad.flatten().float() for p in tr.model.parameters() if p.grad is not None]
         runs[name] = ({k: float(v) for k, v in terms.items()}, torch.cat(grads))
@@ -531,6 +497,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines.append(f"- **Command:** `{doc['command']}`")
     lines.append(f"- **Device:** {env.get('name', env['device'])}; torch {env['torch']}, "
                  f"CUDA {env['cuda']}, cuDNN {env.get('cudnn')}; {env['cpus']} CPUs")  # fmt: skip
+    lines.append(f"- **Step:** `{doc.get('engine_step')}` (what `avtime train` runs)")
     lines.append(f"- **Setup:** {json.dumps(doc['setup'])}\n")
     lines.append(
         "| variant | batch | examples/s | ms/step | peak alloc GiB | first step s | finite |"
@@ -609,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join(["python -m bench.gpu_check", *sys.argv[1:]]),
         "env": environment(device), "setup": asdict(setup) | {"audio_len": setup.audio_len},
         "steps": {"warmup": steps[0], "timed": steps[1]}, "compile_backend": backend,
-        "variants": [],
+        "engine_step": engine_step_name(), "variants": [],
     }  # fmt: skip
     print(f"gpu check on {doc['env'].get('name', device)}: torch {torch.__version__}, "
           f"warm-up {steps[0]}, timed {steps[1]} steps, budget {args.budget_s:.0f} s", flush=True)  # fmt: skip

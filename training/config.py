@@ -9,30 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from avtime.models.config import LossConfig, ModelConfig
 from avtime.pipelines.config import AugmentConfig, DataConfig, PretextConfig, StreamConfig
 from avtime.pipelines.configlib import ConfigError, apply_overrides, load_yaml, read_yaml
-
-
-@dataclass(frozen=True, kw_only=True)
-class OptimConfig:
-    """Optimiser and schedule."""
-
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # SGD only
-    warmup_steps: int = 100
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    accum_steps: int = 1  # gradient accumulation micro-steps per optimiser step
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0; weight_decay and grad_clip must be >= 0")
-        if self.warmup_steps < 0 or self.accum_steps < 1:
-            raise ValueError("warmup_steps must be >= 0 and accum_steps >= 1")
+from avtime.training.engine.step_config import OptimConfig
 
 
 @dataclass(frozen=True, kw_only=True)

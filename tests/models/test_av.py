@@ -10,7 +10,7 @@ import torch
 from avtime.models.audio import AudioEncoder, LogMel
 from avtime.models.av import AVModel
 from avtime.models.config import ModelConfig
-from avtime.models.losses import total_loss
+from avtime.models.losses import enqueue, total_loss
 from avtime.models.queue import FeatureQueue
 from avtime.models.video import TinyVideoEncoder, VideoInput, build_video_encoder
 from tests.models.helpers import NUM_SPEEDS, forward, loss_cfg, make_batch, tiny_model_cfg
@@ -244,7 +244,9 @@ def test_a_few_steps_lower_the_loss_on_a_toy_batch() -> None:
     batch = make_batch(8, seed=4)
     losses = []
     for _ in range(12):
-        loss, terms = total_loss(forward(model, batch), batch, cfg, queue)
+        out = forward(model, batch)
+        loss, terms = total_loss(out, batch, cfg, queue)
+        enqueue(queue, out, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from avtime.models.av import AVModel
-from avtime.models.losses import total_loss
+from avtime.models.losses import enqueue, total_loss
 from avtime.models.queue import FeatureQueue
 from tests.models.helpers import (
     NUM_SPEEDS,
@@ -68,7 +68,9 @@ def _run_steps(
     results = []
     for batch in batches:
         model.zero_grad(set_to_none=True)
-        loss, terms = total_loss(forward(model, batch), batch, cfg, queue)
+        out = forward(model, batch)
+        loss, terms = total_loss(out, batch, cfg, queue)
+        enqueue(queue, out, batch)  # as the training step does, once the loss has read it
         loss.backward()
         inner = (
             model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

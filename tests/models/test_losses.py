@@ -1,4 +1,6 @@
-"""Losses against hand-written references (plain Python loops over rows) on small tensors."""
+"""Losses against hand-written references (plain Python loops over rows, or
+torch.nn.functional.cross_entropy) on small tensors; the queue is read by the loss and filled
+by `enqueue` (the training step's call), never by the loss itself."""
 
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ from torch import Tensor
 
 from avtime.models.config import LossConfig
 from avtime.models.losses import (
+    Bank,
+    ContrastivePair,
+    NCEConfig,
+    NCEDirection,
     cross_entropy_rows,
+    enqueue,
     info_nce,
     knn_positive_mask,
     multi_positive_nce,
@@ -76,7 +83,11 @@ def test_multi_positive_queue_nce_matches_reference(negs: bool) -> None:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
     bank = torch.randn(7, 3, generator=g)
-    got = symmetric_nce(x, y, TAU, x_bank=bank, y_bank=bank, knn_k=2, queue_negatives=negs)
+    b = Bank(rows=bank)
+    got = symmetric_nce(
+        ContrastivePair(x=x, y=y, x_bank=b, y_bank=b),
+        NCEConfig(temperature=TAU, knn_k=2, queue_negatives=negs),
+    )
     expected = _ref_symmetric(x, y, TAU, bank=bank, k=2, negs=negs)
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
 
@@ -100,8 +111,9 @@ def test_knn_neighbour_is_pulled_like_a_positive() -> None:
     bank = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])  # row 0 near x, row 1 far
     pos = torch.tensor([0])
     # Neighbour of y in the bank: row 0 (cos 0.11 vs 0); it is close to the anchor x.
-    with_knn = queue_nce(x, y, pos, TAU, bank=bank, knn_k=1)
-    negatives_only = queue_nce(x, y, pos, TAU, bank=bank, knn_k=0)
+    d = NCEDirection(anchor=x, keys=y, pos_index=pos, bank=Bank(rows=bank))
+    with_knn = queue_nce(d, NCEConfig(temperature=TAU, knn_k=1))
+    negatives_only = queue_nce(d, NCEConfig(temperature=TAU, knn_k=0))
     assert with_knn < negatives_only
 
 
@@ -231,6 +243,7 @@ def test_batch_without_audio_gives_finite_loss_and_gradients() -> None:
     cfg = LossConfig(temperature=TAU, queue_size=8, knn_k=2)
     for _ in range(2):  # the second call reads a queue with video rows but no audio rows
         loss, terms = total_loss(out, batch, cfg, queue)
+        enqueue(queue, out, batch)
         assert torch.isfinite(loss)
         assert all(torch.isfinite(v) for v in terms.values())
         for name in ("va", "speed_audio", "direction_audio", "order_audio", "order_av"):
@@ -243,25 +256,41 @@ def test_batch_without_audio_gives_finite_loss_and_gradients() -> None:
 
 
 @pytest.mark.unit
-def test_total_loss_fills_the_queue_after_reading_it() -> None:
+def test_total_loss_only_reads_the_queue_and_enqueue_fills_it() -> None:
     b = 5
     has_audio = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
     out, batch = _outputs(b), _labels(b, has_audio)
     cfg = LossConfig(temperature=TAU, queue_size=32, knn_k=2)
     queue = FeatureQueue(32, 4)
     _, first = total_loss(out, batch, cfg, queue)
+    assert len(queue) == 0  # no side effect: the training step pushes
     _, plain = total_loss(out, batch, LossConfig(temperature=TAU, queue_size=0, knn_k=0))
-    # The first call saw an empty queue, so it equals the queue-free loss.
+    # An empty queue gives the queue-free loss.
     assert first["loss_vv"].item() == pytest.approx(plain["loss_vv"].item(), rel=1e-6)
+    enqueue(queue, out, batch)
     # Both video-audio banks take only the 3 rows with audio, row-aligned (docs/method.md).
     assert queue.count("vv") == b and queue.count("va_video") == queue.count("va_audio") == 3
     expected = F.normalize(out["emb_va_audio"][has_audio.bool(), 0].detach(), dim=1)
     torch.testing.assert_close(queue.get("va_audio"), expected)
     expected = F.normalize(out["emb_va_video"][has_audio.bool(), 0].detach(), dim=1)
     torch.testing.assert_close(queue.get("va_video"), expected)
-    _, second = total_loss(out, batch, cfg, queue, update_queue=False)
+    _, second = total_loss(out, batch, cfg, queue)
     assert second["loss_vv"].item() != pytest.approx(first["loss_vv"].item())
     assert queue.count("vv") == b
+
+
+@pytest.mark.unit
+def test_one_positive_nce_is_cross_entropy() -> None:
+    """With one positive per row and every column allowed, the multi-positive form is CPC's
+    InfoNCE, i.e. softmax cross-entropy with the positive's column as the label."""
+    g = torch.Generator().manual_seed(5)
+    logits, labels = torch.randn(6, 9, generator=g), torch.randint(0, 9, (6,), generator=g)
+    positives = F.one_hot(labels, 9).bool()
+    got = multi_positive_nce(logits, positives, torch.ones_like(positives))
+    expected = F.cross_entropy(logits, labels, reduction="none")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    flat = cross_entropy_rows(logits[:, None], labels[:, None])  # one clip per row
+    torch.testing.assert_close(flat, expected, rtol=1e-5, atol=1e-6)
 
 
 def _ref_masked(
@@ -295,14 +324,14 @@ def test_clips_of_the_same_video_are_not_negatives() -> None:
     x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
     bank = torch.randn(5, 4, generator=g)
     src, bank_src = [0, 0, 1, 1, 2, -1], [0, 1, 3, -1, 2]
-    got = symmetric_nce(
-        x, y, TAU, x_bank=bank, y_bank=bank, knn_k=1, sources=(torch.tensor(src), torch.tensor(src)),
-        x_bank_src=torch.tensor(bank_src), y_bank_src=torch.tensor(bank_src),
-    )  # fmt: skip
+    b = Bank(rows=bank, sources=torch.tensor(bank_src))
+    nce = NCEConfig(temperature=TAU, knn_k=1)
+    sources = (torch.tensor(src), torch.tensor(src))
+    got = symmetric_nce(ContrastivePair(x=x, y=y, x_bank=b, y_bank=b, sources=sources), nce)
     xy, yx = _ref_masked(x, y, src, bank, bank_src, 1), _ref_masked(y, x, src, bank, bank_src, 1)
     expected = torch.tensor([0.5 * (a + b) for a, b in zip(xy, yx)])
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
-    plain = symmetric_nce(x, y, TAU, x_bank=bank, y_bank=bank, knn_k=1)
+    plain = symmetric_nce(ContrastivePair(x=x, y=y, x_bank=b, y_bank=b), nce)
     assert (plain - got)[:5].min() > 0  # rows with a known video lose negatives
     assert plain[5] == pytest.approx(float(got[5]), rel=1e-6)  # source -1 matches nothing
 
@@ -318,9 +347,10 @@ def test_total_loss_masks_same_video_rows_and_queues_their_sources() -> None:
     # Only the positive is left in each denominator, so both contrastive terms are exactly 0.
     assert terms["loss_vv"].item() == pytest.approx(0.0, abs=1e-6)
     assert terms["loss_va"].item() == pytest.approx(0.0, abs=1e-6)
+    enqueue(queue, out, batch)
     assert queue.sources("vv").tolist() == [5, 5, 5, 5]
     # The queued rows are from the same video too: still no negatives.
-    _, again = total_loss(out, batch, cfg, queue, update_queue=False)
+    _, again = total_loss(out, batch, cfg, queue)
     assert again["loss_vv"].item() == pytest.approx(0.0, abs=1e-6)
     off = LossConfig(temperature=TAU, queue_size=8, knn_k=0, mask_same_source=False)
     _, unmasked = total_loss(out, batch, off, FeatureQueue(8, 4))

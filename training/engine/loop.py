@@ -2,12 +2,10 @@
 
 Ray stays at one boundary: the first line turns Ray's config dict into the typed `RunConfig` and
 `JobSpec`. The rest is split into setup (`build_state`, `restore`), one optimiser step
-(`train_step`), metrics (`Window`) and checkpoint/report (`report`) helpers.
+(`train_step`: the pure-torch step of `training/engine/step.py`, which bench/gpu_check.py times
+too), metrics (`Window`) and checkpoint/report (`report`) helpers.
 
-Per step: each of `accum_steps` micro-batches runs forward under bf16 autocast on CUDA (fp32 on
-CPU) and backward without a DDP all-reduce except the last; then gradient clipping, the optimiser
-and the warmup + cosine schedule step. Every `log_every` steps rank 0 logs the loss terms, head
-accuracies, lr, examples/s and the fraction of step time spent waiting for data. Every
+Every `log_every` steps rank 0 logs the loss terms, head accuracies, lr, examples/s and the fraction of step time spent waiting for data. Every
 `checkpoint_every` steps, and at the end, rank 0 saves model, optimiser, scheduler, queue, step
 and data epoch, and every rank calls `ray.train.report`. A restarted worker resumes from the
 latest checkpoint and keeps logging to the same MLflow run.
@@ -25,29 +23,20 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from avtime.models.av import AVModel
-from avtime.models.losses import total_loss
-from avtime.models.momentum import KeyEncoder
-from avtime.models.queue import FeatureQueue
 from avtime.pipelines.configlib import dump_yaml, flatten, from_dict, to_dict
 from avtime.training.config import RunConfig
 from avtime.training.engine import checkpoint
-from avtime.training.engine.optim import (
-    autocast,
-    build_optimizer,
-    build_scheduler,
-    no_sync,
-    unwrap,
-    wrap_ddp,
-)
+from avtime.training.engine.step import StepState, build_step_state, unwrap
+from avtime.training.engine.step import train_step as engine_step
+from avtime.training.engine.step_config import StepConfig
 from avtime.training.tracking.runs import Logger, MlflowLogger, NullLogger, TrackingSpec
 
 log = logging.getLogger(__name__)
@@ -123,24 +112,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger.close()
 
 
-@dataclass
-class WorkerState:
-    """Everything one worker trains and checkpoints."""
+@dataclass(kw_only=True)
+class WorkerState(StepState):
+    """Everything one worker trains and checkpoints: the step's state (`step.StepState`) and the
+    run's bookkeeping (data position, MLflow run)."""
 
     cfg: RunConfig
-    model: nn.Module  # DDP-wrapped when distributed
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    queue: FeatureQueue | None
-    device: torch.device
     world_size: int = 1
-    step: int = 0
     examples_seen: int = 0
     epoch_base: int = 0  # data epoch at which this attempt's stream started
     seen_base: int = 0  # examples_seen when this attempt started
     examples_per_epoch: int = 1
     run_id: str = ""
-    key_encoder: KeyEncoder | None = None  # fills the queue when loss.key_momentum > 0
 
     @property
     def global_batch(self) -> int:
@@ -154,37 +137,21 @@ class WorkerState:
         done = self.examples_seen - self.seen_base
         return self.epoch_base + done // max(1, self.examples_per_epoch)
 
-    def state_dicts(self) -> dict[str, Any]:
-        """Tensors to checkpoint."""
-        out = {
-            "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-        if self.queue is not None:
-            out["queue"] = self.queue.state_dict()
-        if self.key_encoder is not None:
-            out["key_encoder"] = self.key_encoder.model.state_dict()
-        return out
+
+def step_config(cfg: RunConfig) -> StepConfig:
+    """What the training step reads of `cfg`."""
+    return StepConfig(
+        model=cfg.model, loss=cfg.loss, optim=cfg.optim, num_speeds=len(cfg.data.pretext.speeds),
+        total_steps=cfg.train.steps, seed=cfg.train.seed,
+    )  # fmt: skip
 
 
 def build_state(cfg: RunConfig, device: torch.device, world_size: int = 1) -> WorkerState:
-    """Model (DDP when distributed), optimiser, schedule and queue on `device`, from scratch."""
-    torch.manual_seed(cfg.train.seed)
-    model = AVModel(cfg.model, num_speeds=len(cfg.data.pretext.speeds), loss_cfg=cfg.loss)
-    model = model.to(device)
-    queue = None
-    if cfg.loss.queue_size > 0:
-        queue = FeatureQueue(cfg.loss.queue_size, cfg.model.embed_dim).to(device)
-    key_encoder = None
-    if queue is not None and cfg.loss.key_momentum > 0:
-        key_encoder = KeyEncoder(model, cfg.loss.key_momentum)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-    return WorkerState(
-        cfg=cfg, model=wrap_ddp(model, device), optimizer=optimizer, scheduler=scheduler,
-        queue=queue, device=device, world_size=world_size, key_encoder=key_encoder,
-    )  # fmt: skip
+    """Model (DDP when distributed), optimiser, schedule and queue on `device`, from scratch
+    (`step.build_step_state`)."""
+    core = build_step_state(step_config(cfg), device)
+    parts = {f.name: getattr(core, f.name) for f in fields(core)}
+    return WorkerState(cfg=cfg, world_size=world_size, **parts)
 
 
 def restore(st: WorkerState, ckpt: Any) -> bool:
@@ -210,37 +177,12 @@ def restore(st: WorkerState, ckpt: Any) -> bool:
 
 
 def train_step(st: WorkerState, micro_batches: list[Batch]) -> dict[str, float]:
-    """One optimiser step over `micro_batches` (gradient accumulation); returns the terms.
-
-    Each batch holds the pretext keys of docs/CONTRACTS.md section 2 on `st.device`. The
-    returned terms are global (averaged over workers by `total_loss`) and over micro-batches,
-    plus `lr` (the lr this step used) and `grad_norm` (before clipping).
-    """
-    cfg, n = st.cfg, len(micro_batches)
-    sums: dict[str, float] = {}
-    for i, batch in enumerate(micro_batches):
-        with no_sync(st.model, sync=i == n - 1):
-            clips = (batch["video1"], batch["video2"], batch["audio1"], batch["audio2"])
-            with autocast(st.device):
-                out = st.model(*clips)
-                keys = st.key_encoder(*clips) if st.key_encoder is not None else None
-            loss, terms = total_loss(out, batch, cfg.loss, st.queue, queue_outputs=keys)
-            (loss / n).backward()
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / n
-    params = [p for p in st.model.parameters() if p.grad is not None]
-    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    sums["lr"] = float(st.optimizer.param_groups[0]["lr"])
-    sums["grad_norm"] = float(grad_norm)
-    st.optimizer.step()
-    if st.key_encoder is not None:
-        st.key_encoder.update(unwrap(st.model))
-    st.scheduler.step()
-    st.optimizer.zero_grad(set_to_none=True)
-    st.step += 1
+    """One optimiser step over `micro_batches` (`step.train_step`, gradient accumulation), then
+    count its examples; returns the terms (global, averaged over micro-batches), `lr` and
+    `grad_norm`."""
+    terms = engine_step(st, micro_batches)
     st.examples_seen += st.global_batch
-    return sums
+    return terms
 
 
 @dataclass

@@ -26,7 +26,7 @@ from avtime.training.engine.loop import (
     restore,
 )
 from avtime.training.engine.loop import train_step as one_step
-from avtime.training.engine.optim import lr_factor
+from avtime.training.engine.step import lr_factor
 
 pytestmark = pytest.mark.unit
 
