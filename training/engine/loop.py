@@ -20,6 +20,7 @@ model only with `JobSpec.log_weights`).
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from avtime.models.av import AVModel
+from avtime.pipelines import storage
 from avtime.pipelines.configlib import dump_yaml, flatten, from_dict, to_dict
 from avtime.training.config import RunConfig
 from avtime.training.engine import checkpoint
@@ -92,7 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     st = build_state(cfg, ray.train.torch.get_device(), world)
-    restored = restore(st, ray.train.get_checkpoint())
+    restored = restore(st, ray.train.get_checkpoint(), job.checkpoint_root)
     run_id = st.run_id or job.run_id
     st.run_id = run_id
     logger: Logger = MlflowLogger(job.tracking(run_id)) if rank == 0 else NullLogger()
@@ -154,26 +156,59 @@ def build_state(cfg: RunConfig, device: torch.device, world_size: int = 1) -> Wo
     return WorkerState(cfg=cfg, world_size=world_size, **parts)
 
 
-def restore(st: WorkerState, ckpt: Any) -> bool:
-    """Load a Ray checkpoint (or a local folder) into `st`; False when there is none."""
+def restore(st: WorkerState, ckpt: Any, root: str = "") -> bool:
+    """Load a Ray checkpoint (or a local folder) into `st`; False when there is none.
+
+    When it does not load (a truncated `state.pt`) and `root` names the run's checkpoint
+    folder, the newest checkpoint there that loads is used instead (`find_resumable`, one
+    line naming the skipped file).
+    """
     if ckpt is None:
         return False
+    try:
+        meta, state, where = _load(ckpt, st.device)
+        _apply(st, state, where)
+    except checkpoint.CheckpointError as exc:
+        if not root:
+            raise
+        log.warning("%s", exc)
+        fs, path = storage.arrow_filesystem(root)
+        found = checkpoint.find_resumable(fs, path, notify=lambda line: log.warning("%s", line))
+        if found is None:
+            raise
+        uri = f"s3://{found[0]}" if storage.is_s3(root) else found[0]
+        meta, state, where = _load(uri, st.device)
+        _apply(st, state, where)
+    st.step, st.examples_seen, st.run_id = meta.step, meta.examples_seen, meta.mlflow_run_id
+    st.epoch_base, st.seen_base = meta.data_epoch, meta.examples_seen
+    log.info("resumed from step %d (data epoch %d)", meta.step, meta.data_epoch)
+    return True
+
+
+def _load(ckpt: Any, device: torch.device) -> tuple[checkpoint.CheckpointMeta, Any, str]:
+    """(meta, state, the checkpoint's name for messages) of a Ray checkpoint, folder or URI."""
     if isinstance(ckpt, (str, Path)):
-        meta, state = checkpoint.load(ckpt, map_location=st.device)
-    else:
-        with ckpt.as_directory() as folder:
-            meta, state = checkpoint.load(folder, map_location=st.device)
-    unwrap(st.model).load_state_dict(state["model"])
+        local, tmp = checkpoint.fetch(str(ckpt))
+        try:
+            meta, state = checkpoint.load(local, map_location=device)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return meta, state, str(ckpt)
+    with ckpt.as_directory() as folder:
+        meta, state = checkpoint.load(folder, map_location=device)
+    return meta, state, str(getattr(ckpt, "path", folder))
+
+
+def _apply(st: WorkerState, state: Any, where: str) -> None:
+    """Load the state dicts of a checkpoint into `st` (model checked against its shapes)."""
+    checkpoint.load_weights(unwrap(st.model), state["model"], f"{where}/{checkpoint.STATE_FILE}")
     st.optimizer.load_state_dict(state["optimizer"])
     st.scheduler.load_state_dict(state["scheduler"])
     if st.queue is not None and "queue" in state:
         st.queue.load_state_dict(state["queue"])
     if st.key_encoder is not None:  # a checkpoint without one restarts it from the model
         st.key_encoder.model.load_state_dict(state.get("key_encoder", state["model"]))
-    st.step, st.examples_seen, st.run_id = meta.step, meta.examples_seen, meta.mlflow_run_id
-    st.epoch_base, st.seen_base = meta.data_epoch, meta.examples_seen
-    log.info("resumed from step %d (data epoch %d)", meta.step, meta.data_epoch)
-    return True
 
 
 def train_step(st: WorkerState, micro_batches: list[Batch]) -> dict[str, float]:
@@ -344,7 +379,10 @@ def _first_step(st: WorkerState, batch: Batch, logger: Logger, job: JobSpec) -> 
     if job.fit_start_unix > 0:
         logger.log({"startup_s": time.time() - job.fit_start_unix}, st.step)
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_batch(batch, st.cfg.data.pretext.speeds, Path(tmp) / "batch.png")
+        path = save_batch(
+            batch, st.cfg.data.pretext.speeds, Path(tmp) / "batch.png",
+            sample_rate=st.cfg.model.sample_rate,
+        )  # fmt: skip
         logger.log_artifact(path, "contact_sheet")
 
 

@@ -100,6 +100,29 @@ def test_accumulation_counts_every_micro_batch() -> None:
     assert st.queue is not None and st.queue.count("vv") == 2 * cfg.data.stream.batch_size
 
 
+def test_resume_falls_back_from_a_truncated_checkpoint_and_refuses_another_config(
+    tmp_path: Path,
+) -> None:
+    cfg = tiny_cfg()
+    st = build_state(cfg, torch.device("cpu"))
+    for step in (1, 2):
+        one_step(st, [fake_batch(cfg, step)])
+        meta = checkpoint.CheckpointMeta(
+            step=st.step, data_epoch=0, examples_seen=st.examples_seen, mlflow_run_id="run-1"
+        )
+        checkpoint.save(tmp_path / checkpoint.dir_name(step), meta, st.state_dicts(), "x")
+    newest = tmp_path / checkpoint.dir_name(2) / checkpoint.STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:1000])
+    resumed = build_state(cfg, torch.device("cpu"))
+    with pytest.raises(checkpoint.CheckpointError):  # without the run folder: no fallback
+        restore(resumed, newest.parent)
+    assert restore(resumed, newest.parent, str(tmp_path)) and resumed.step == 1
+    wider = build_state(replace(cfg, model=replace(cfg.model, embed_dim=cfg.model.embed_dim * 2)),
+                        torch.device("cpu"))  # fmt: skip
+    with pytest.raises(checkpoint.CheckpointError, match=r"step_00000001/state.pt does not match"):
+        restore(wider, tmp_path / checkpoint.dir_name(1))
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_resume_from_checkpoint_continues_exactly(tmp_path: Path, optimizer: str) -> None:
     cfg = tiny_cfg(optimizer=optimizer)
