@@ -159,8 +159,14 @@ class MlflowServer:
             self.proc.kill()
 
 
-def start_mlflow(workdir: Path, timeout: float = 90.0) -> MlflowServer:
-    """Start `mlflow server --workers 1` with sqlite + local artifacts; wait for /health."""
+def start_mlflow(
+    workdir: Path, timeout: float = 90.0, allowed_hosts: str | None = None
+) -> MlflowServer:
+    """Start `mlflow server --workers 1` with sqlite + local artifacts; wait for /health.
+
+    `allowed_hosts` is passed as `--allowed-hosts` (the Host headers the server answers; MLflow's
+    default, localhost and private IPs, when None).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
@@ -169,6 +175,8 @@ def start_mlflow(workdir: Path, timeout: float = 90.0) -> MlflowServer:
         "--artifacts-destination", str(workdir / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    if allowed_hosts is not None:
+        cmd += ["--allowed-hosts", allowed_hosts]
     log = open(workdir / "mlflow.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
