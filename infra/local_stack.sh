@@ -26,6 +26,11 @@
 #   AVTIME_WEED_{MASTER,VOLUME,FILER,WEBDAV,ADMIN,DEBUG}_PORT   SeaweedFS internals
 #                         [9333 9340 8888 7333 23646 6060]; each also uses its port + 10000 (gRPC)
 #   AVTIME_S3_BUCKETS     buckets created at start [avtime]
+#   AVTIME_MLFLOW_ALLOWED_HOSTS  the MLflow server's --allowed-hosts: the Host headers it answers
+#                         (MLflow >= 3.5 refuses others with 403 "Invalid Host header"); comma-
+#                         separated, `*` matches anything [localhost and 127.0.0.1 on any port,
+#                         and the names a cluster uses: mlflow.mlflow.svc.cluster.local and its
+#                         shorter forms, mlflow.internal; each with and without :5000]
 #   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY   the S3 identity [generated once, kept in the dir]
 # Secrets (the S3 keys and the Ray token) live in files of mode 600 in AVTIME_STACK_DIR; the
 # printed exports read those files instead of showing the values. ~/.ray/auth_token is never
@@ -48,6 +53,10 @@ CLIENT_PORT="${AVTIME_RAY_CLIENT_PORT:-10001}"
 RAY_CPUS="${AVTIME_RAY_CPUS:-$(nproc)}"
 # Ray's unix sockets need a short path: keep its temp dir short, one per stack.
 RAY_TMP="${AVTIME_RAY_TMP:-/tmp/avtime-ray-$(id -u)-$RAY_PORT}"
+CLUSTER_HOSTS="mlflow,mlflow:5000,mlflow.mlflow,mlflow.mlflow:5000,mlflow.mlflow.svc"
+CLUSTER_HOSTS+=",mlflow.mlflow.svc:5000,mlflow.mlflow.svc.cluster.local"
+CLUSTER_HOSTS+=",mlflow.mlflow.svc.cluster.local:5000,mlflow.internal,mlflow.internal:5000"
+MLFLOW_ALLOWED_HOSTS="${AVTIME_MLFLOW_ALLOWED_HOSTS:-localhost,localhost:*,127.0.0.1,127.0.0.1:*,$CLUSTER_HOSTS}"
 ALL=(s3 mlflow ray)
 
 log() { echo "local_stack: $*" >&2; }
@@ -135,7 +144,8 @@ start_mlflow() {
   pid="$(launch mlflow "$BIN/mlflow" server \
     --backend-store-uri "sqlite:///$DIR/mlflow/mlflow.db" \
     --artifacts-destination "$DIR/mlflow/artifacts" \
-    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1)"
+    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+    --allowed-hosts "$MLFLOW_ALLOWED_HOSTS")"
   wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 180 "$pid" \
     || die "MLflow did not start; see $DIR/logs/mlflow.log"
   log "MLflow on http://127.0.0.1:$MLFLOW_PORT (pid $pid)"

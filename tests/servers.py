@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -152,15 +153,32 @@ class MlflowServer:
     proc: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        self.proc.terminate()
+        stop_group(self.proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the process group `proc` leads, SIGKILL it if `proc` outlives `timeout`.
+
+    `mlflow server` starts job consumers (huey) that outlive a SIGTERM to the CLI process alone.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
         try:
-            self.proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
+            return
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            continue
 
 
-def start_mlflow(workdir: Path, timeout: float = 90.0) -> MlflowServer:
-    """Start `mlflow server --workers 1` with sqlite + local artifacts; wait for /health."""
+def start_mlflow(
+    workdir: Path, timeout: float = 90.0, allowed_hosts: str | None = None
+) -> MlflowServer:
+    """Start `mlflow server --workers 1` with sqlite + local artifacts; wait for /health.
+
+    `allowed_hosts` is passed as `--allowed-hosts` (the Host headers the server answers; MLflow's
+    default, localhost and private IPs, when None).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
@@ -169,13 +187,15 @@ def start_mlflow(workdir: Path, timeout: float = 90.0) -> MlflowServer:
         "--artifacts-destination", str(workdir / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    if allowed_hosts is not None:
+        cmd += ["--allowed-hosts", allowed_hosts]
     log = open(workdir / "mlflow.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", timeout, proc)
     except Exception:
-        proc.kill()
+        stop_group(proc, timeout=1.0)
         raise RuntimeError(f"mlflow server did not start; see {workdir / 'mlflow.log'}") from None
     return MlflowServer(uri=uri, proc=proc)
 

@@ -4,8 +4,9 @@
   groups with resource requests and limits (schema, auth, secret and sizing rules against KubeRay's
   CRDs: tests/test_kuberay.py).
 - AWS cluster launcher YAML: passes Ray's own schema check, the same three node types, a GPU AMI
-  whose driver is checked, ECR login before the pull; the IAM policies in infra/aws/iam/ grant
-  only what the launcher config uses.
+  whose driver is checked, ECR login before the pull, root disks of at least 100 GiB; the IAM
+  policies in infra/aws/iam/ grant only what the launcher config uses; the placeholders (account,
+  region, bucket, tag) are exactly what docs/cluster.md's sed replaces.
 - Locked dependencies: requirements.lock (the image) and requirements-dev.lock (`make install`)
   pin everything, agree with each other and with pyproject.toml, and the test environment is
   exactly the dev lock.
@@ -64,6 +65,9 @@ def containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
     return list(pod_template["spec"]["containers"])
 
 
+# The AWS files' placeholders, which docs/cluster.md (section 4, step 1) replaces with sed.
+AWS_PLACEHOLDERS = {"123456789012", "us-east-1", "avtime-data", "GIT_SHA"}
+MIN_DISK_GIB = 100  # the ~7 GB image, its unpacked layers, Ray's logs and spill
 DLAMI_PARAMETER = (
     "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 )
@@ -183,6 +187,39 @@ def test_aws_gpu_workers_check_the_driver(tmp_path: Path) -> None:
             assert "580" in out.stderr
 
 
+@pytest.mark.unit
+def test_aws_node_disks() -> None:
+    """Every node type boots from a gp3 root volume of at least 100 GiB (the AMI's root device),
+    since every node pulls the ~7 GB image; EC2's default for the AMI is smaller."""
+    nodes = load(INFRA / "aws" / "cluster.yaml")["available_node_types"]
+    assert len(nodes) == 3
+    for name, node in nodes.items():
+        (mapping,) = node["node_config"]["BlockDeviceMappings"]
+        assert mapping["DeviceName"] == "/dev/sda1", name  # the Ubuntu DLAMI's root device
+        assert mapping["Ebs"]["VolumeType"] == "gp3", name
+        assert mapping["Ebs"]["VolumeSize"] >= MIN_DISK_GIB, name
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    assert "--node-volume-size 100" in docs and "--disk-size 100" in docs  # EKS node groups
+
+
+@pytest.mark.unit
+def test_aws_placeholders_are_what_the_docs_replace() -> None:
+    """docs/cluster.md's step-1 loop runs sed over cluster.yaml and the IAM policies, replacing
+    the account, region, bucket and tag; no other account, region or bucket is written there."""
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    loop = re.search(r"for f in (infra/aws/cluster\.yaml infra/aws/iam/\*\.json); do\n(.*?)done",
+                     docs, re.S)  # fmt: skip
+    assert loop, "the docs' loop over infra/aws files"
+    replaced = set(re.findall(r'-e "s/([^/]+)/\$\w+/g"', loop.group(2)))
+    assert replaced == AWS_PLACEHOLDERS
+    files = [INFRA / "aws" / "cluster.yaml", *sorted((INFRA / "aws" / "iam").glob("*.json"))]
+    text = "\n".join(p.read_text() for p in files)
+    assert set(re.findall(r"\b\d{12}\b", text)) == {"123456789012"}
+    assert set(re.findall(r"\b(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d\b", text)) == {"us-east-1"}
+    assert set(re.findall(r"arn:aws:s3:::([a-z0-9.-]+)", text)) == {"avtime-data"}
+    assert ecr_image(load(INFRA / "aws" / "cluster.yaml"))[2] == "GIT_SHA"
+
+
 def policy(name: str) -> list[dict[str, Any]]:
     doc = json.loads((INFRA / "aws" / "iam" / name).read_text())
     assert doc["Version"] == "2012-10-17"
@@ -202,10 +239,8 @@ def test_aws_iam_policies_least_privilege() -> None:
     region, cluster = cfg["provider"]["region"], cfg["cluster_name"]
     registry, repo, _ = ecr_image(cfg)
     account = registry.split(".")[0]
-    bucket = re.search(
-        r"s3://([a-z0-9.-]+)/", load(INFRA / "kuberay" / "rayjob.yaml")["spec"]["entrypoint"]
-    )
-    assert bucket
+    bucket = "avtime-data"  # the placeholder the docs' sed replaces with $AVTIME_BUCKET
+    assert bucket in AWS_PLACEHOLDERS
     files = sorted(p.name for p in (INFRA / "aws" / "iam").glob("*.json"))
     assert files == ["ec2-trust.json", "head-autoscaler-policy.json", "node-policy.json"]
     (trust,) = policy("ec2-trust.json")
@@ -236,8 +271,8 @@ def test_aws_iam_policies_least_privilege() -> None:
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= set(s3)
     for action, st in s3.items():
         assert as_list(st["Resource"]) in (
-            [f"arn:aws:s3:::{bucket.group(1)}"],
-            [f"arn:aws:s3:::{bucket.group(1)}/*"],
+            [f"arn:aws:s3:::{bucket}"],
+            [f"arn:aws:s3:::{bucket}/*"],
         ), action
     # Head: launches and ends only this cluster's instances, passes only the worker role.
     (run_instance,) = [

@@ -13,6 +13,13 @@
 - Resources: each Ray pod names its EC2 instance type (nodeSelector) and fits it, with room left
   for the kubelet and DaemonSets (tests/infra/instance_types.yaml); /dev/shm holds Ray's object
   store; the image is named once.
+- Placeholders: the manifests carry ${AVTIME_IMAGE}, ${AVTIME_BUCKET} and ${AWS_REGION} and no
+  literal bucket or region; every placeholder is one that docs/cluster.md's `envsubst` commands
+  fill. The tests read each manifest as kubectl gets it: filled in the same way.
+- MLflow (mlflow.yaml, core kinds without a vendored schema): structural checks: kinds and
+  apiVersions, selectors that match the pod labels, one replica on the sqlite volume,
+  --allowed-hosts with every DNS name of the Service, secrets only via secretKeyRef, requests that
+  fit a node, and the RayJob's MLFLOW_TRACKING_URI naming that Service and port.
 """
 
 from __future__ import annotations
@@ -21,15 +28,20 @@ import copy
 import functools
 import hashlib
 import operator
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 import yaml
+from mlflow.server.security_utils import is_allowed_host_header
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted((ROOT / "infra" / "kuberay").glob("*.yaml"))
@@ -43,12 +55,54 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 AUTOSCALER_SIDECAR = {"cpu": Decimal("0.5"), "memory": Decimal(512 * 2**20)}
 OBJECT_STORE_SHARE = Decimal("0.3")  # Ray's DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are megabytes of YAML
+DOCS = ROOT / "docs" / "cluster.md"
+# Values the tests fill the placeholders with (as a user's exports would).
+SAMPLE = {
+    "AVTIME_IMAGE": "registry.example.com/avtime:0123456789ab",
+    "AVTIME_BUCKET": "my-test-bucket",
+    "AWS_REGION": "eu-west-2",
+}
+REFERENCE = re.compile(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")  # what envsubst replaces
+LITERAL_REGION = re.compile(r"\b(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d\b")
+ENVSUBST = re.compile(r"envsubst '([^']*)' < (infra/kuberay/[\w.-]+)")
+
+
+def envsubst_commands() -> list[tuple[str, frozenset[str]]]:
+    """(manifest path, variable names) of each `envsubst 'NAMES' < infra/kuberay/X` in the docs."""
+    found = []
+    for names, path in ENVSUBST.findall(DOCS.read_text()):
+        found.append((path, frozenset(m[0] or m[1] for m in REFERENCE.findall(names))))
+    return found
+
+
+def envsubst(text: str, names: frozenset[str], values: dict[str, str]) -> str:
+    """GNU envsubst with a SHELL-FORMAT: only the listed names, as $NAME or ${NAME}; unset -> ''."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return values.get(name, "") if name in names else m.group(0)
+
+    return REFERENCE.sub(sub, text)
+
+
+def rendered(path: Path) -> str:
+    """The manifest as the docs' command hands it to kubectl, filled with SAMPLE."""
+    rel = str(path.relative_to(ROOT))
+    commands = {names for p, names in envsubst_commands() if p == rel}
+    assert len(commands) == 1, f"the docs fill {rel} in {len(commands)} different ways"
+    return envsubst(path.read_text(), commands.pop(), SAMPLE)
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
-    docs = [d for d in yaml.load_all(path.read_text(), Loader=Loader) if d is not None]
+    text = rendered(path) if path.parent == ROOT / "infra" / "kuberay" else path.read_text()
+    docs = [d for d in yaml.load_all(text, Loader=Loader) if d is not None]
     assert docs and all(isinstance(d, dict) for d in docs), path
     return docs
+
+
+def code_lines(text: str) -> str:
+    """The text without its comment lines."""
+    return "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
 
 
 def ray_documents() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -352,9 +406,7 @@ def test_dev_shm_holds_the_object_store() -> None:
 @pytest.mark.unit
 def test_image_is_named_once() -> None:
     for path in MANIFESTS:
-        text = "\n".join(
-            ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")
-        )
+        text = code_lines(rendered(path))
         for i, doc in enumerate(documents(path)):
             if not str(doc.get("apiVersion", "")).startswith("ray.io/"):
                 continue
@@ -375,3 +427,274 @@ def test_docs_state_the_minimum_kuberay_version() -> None:
     assert "KubeRay >= 1.6.0" in docs or "KubeRay ≥ 1.6.0" in docs
     assert "every KubeRay version" not in docs
     assert "operator and CRDs >= v1.6.0" in (ROOT / "infra" / "kuberay" / "rayjob.yaml").read_text()
+
+
+# --- placeholders -----------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_docs_fill_every_placeholder() -> None:
+    """Every ${NAME} in a manifest is one that each of the docs' envsubst commands for that file
+    fills, each such name is exported in the docs, and no literal bucket, region or image is left
+    for a user to edit by hand."""
+    docs = DOCS.read_text()
+    commands = envsubst_commands()
+    assert {p for p, _ in commands} == {str(m.relative_to(ROOT)) for m in MANIFESTS}
+    for path in MANIFESTS:
+        code = code_lines(path.read_text())
+        used = {m[0] or m[1] for m in REFERENCE.findall(code)}
+        assert used == set(SAMPLE), f"{path.name}: placeholders {used}"
+        for rel, names in commands:
+            if rel == str(path.relative_to(ROOT)):
+                assert used <= names, f"{rel}: the docs' envsubst leaves {used - names} empty"
+        assert "avtime-data" not in code and "GIT_SHA" not in code, path.name
+        assert not LITERAL_REGION.search(code), f"{path.name}: {LITERAL_REGION.search(code)}"
+        out = code_lines(rendered(path))
+        assert "$" not in out, f"{path.name}: unfilled: {out[out.index('$') :][:40]}"
+        assert SAMPLE["AVTIME_BUCKET"] in out and SAMPLE["AVTIME_IMAGE"] in out, path.name
+    for name in set().union(*(names for _, names in commands)):
+        assert re.search(rf"^export .*\b{name}=", docs, re.M), f"the docs never export {name}"
+
+
+@pytest.mark.unit
+def test_envsubst_emulation_is_envsubst(tmp_path: Path) -> None:
+    """The tests' envsubst() gives what GNU envsubst gives for the docs' commands."""
+    exe = shutil.which("envsubst")
+    if exe is None:
+        pytest.skip("GNU envsubst (gettext-base) is not installed")
+    for rel, names in envsubst_commands():
+        shell_format = " ".join(f"${n}" for n in sorted(names))
+        out = subprocess.run([exe, shell_format], input=(ROOT / rel).read_text(), text=True,
+                             capture_output=True, check=True, timeout=30,
+                             env={"PATH": os.environ.get("PATH", ""), **SAMPLE})  # fmt: skip
+        assert out.stdout == envsubst((ROOT / rel).read_text(), names, SAMPLE), rel
+    text = "a $AVTIME_BUCKET ${AWS_REGION} $(POD_IP) $OTHER ${OTHER}"
+    assert envsubst(text, frozenset({"AVTIME_BUCKET", "AWS_REGION"}), SAMPLE) == (
+        "a my-test-bucket eu-west-2 $(POD_IP) $OTHER ${OTHER}"
+    )
+
+
+# --- the MLflow server (core kinds: structural checks) ----------------------------------------
+
+MLFLOW_MANIFEST = ROOT / "infra" / "kuberay" / "mlflow.yaml"
+MLFLOW_KINDS = {
+    "Namespace": "v1",
+    "PersistentVolumeClaim": "v1",
+    "Deployment": "apps/v1",
+    "Service": "v1",
+}
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {d["kind"]: d for d in docs}
+    assert len(out) == len(docs), "one document per kind"
+    return out
+
+
+def cli_options(argv: list[str]) -> dict[str, str]:
+    """--name=value / --name value / --flag -> {name: value or ''}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        assert arg.startswith("--"), f"not an option: {arg}"
+        if "=" in arg:
+            key, value = arg.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = arg, argv[i + 1]
+            i += 1
+        else:
+            key, value = arg, ""
+        out[key] = value
+        i += 1
+    return out
+
+
+def service_hosts(service: dict[str, Any]) -> list[str]:
+    """Every DNS name a pod can reach the Service by, with and without its port."""
+    name, ns = service["metadata"]["name"], service["metadata"]["namespace"]
+    (port,) = [p["port"] for p in service["spec"]["ports"]]
+    names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
+    return names + [f"{n}:{port}" for n in names]
+
+
+def mlflow_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with the MLflow manifest's documents (empty: nothing)."""
+    problems = []
+    kinds = by_kind(docs)
+    if {k: d["apiVersion"] for k, d in kinds.items()} != MLFLOW_KINDS:
+        return [f"kinds/apiVersions: {[(d['kind'], d['apiVersion']) for d in docs]}"]
+    ns = kinds["Namespace"]["metadata"]["name"]
+    for kind in ("PersistentVolumeClaim", "Deployment", "Service"):
+        if kinds[kind]["metadata"].get("namespace") != ns:
+            problems.append(f"{kind} is not in namespace {ns}")
+    deploy, service = kinds["Deployment"], kinds["Service"]
+    pod = deploy["spec"]["template"]
+    labels = pod["metadata"].get("labels", {})
+    for what, selector in (
+        ("Deployment selector", deploy["spec"]["selector"]["matchLabels"]),
+        ("Service selector", service["spec"]["selector"]),
+    ):
+        if not selector or selector.items() - labels.items():
+            problems.append(f"{what} {selector} does not match the pod labels {labels}")
+    # sqlite on a ReadWriteOnce volume: one pod, one process, never two at once.
+    if deploy["spec"].get("replicas") != 1 or deploy["spec"].get("strategy") != {
+        "type": "Recreate"
+    }:
+        problems.append("sqlite needs replicas 1 and strategy Recreate")
+    return problems + server_problems(kinds)
+
+
+def server_problems(kinds: dict[str, dict[str, Any]]) -> list[str]:
+    """The mlflow container: its database on the volume, artifacts proxied to S3, the port the
+    Service targets, --allowed-hosts with every name of the Service, probes, secrets."""
+    problems = []
+    service, pvc = kinds["Service"], kinds["PersistentVolumeClaim"]
+    pod = kinds["Deployment"]["spec"]["template"]
+    (c,) = pod["spec"]["containers"]
+    opts = cli_options(c.get("args", []))
+    if c.get("command") != ["mlflow", "server"]:
+        problems.append(f"command {c.get('command')}")
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in v}  # fmt: skip
+    mounts = {m["mountPath"]: claims.get(m["name"]) for m in c.get("volumeMounts", [])}
+    db = opts.get("--backend-store-uri", "")
+    if not (
+        db.startswith("sqlite:////")
+        and mounts.get(str(Path(db[10:]).parent)) == pvc["metadata"]["name"]
+    ):
+        problems.append(f"--backend-store-uri {db!r} is not on the PVC {pvc['metadata']['name']}")
+    if opts.get("--workers") != "1":
+        problems.append("sqlite needs --workers=1")
+    if "--serve-artifacts" not in opts or not opts.get("--artifacts-destination", "").startswith(
+        "s3://"
+    ):
+        problems.append("artifacts: --serve-artifacts with an s3:// --artifacts-destination")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    (svc_port,) = service["spec"]["ports"]
+    if (
+        ports.get(svc_port["targetPort"]) != int(opts.get("--port", "0"))
+        or opts.get("--host") != "0.0.0.0"
+    ):
+        problems.append(
+            f"Service targetPort {svc_port['targetPort']} is not what mlflow listens on"
+        )
+    allowed = opts.get("--allowed-hosts", "").split(",")
+    for host in service_hosts(service):
+        if host not in allowed:
+            problems.append(f"--allowed-hosts lacks {host}")
+    if "*" in allowed:
+        problems.append("--allowed-hosts=* turns the check off")
+    for probe in ("readinessProbe", "livenessProbe"):  # exempt from the Host check
+        if c.get(probe, {}).get("httpGet", {}).get("path") != "/health":
+            problems.append(f"{probe} is not an HTTP probe of /health")
+    problems += secret_problems(c, " ".join(c.get("args", [])))
+    return problems
+
+
+def secret_problems(container: dict[str, Any], args: str) -> list[str]:
+    out = []
+    if "envFrom" in container:
+        out.append("envFrom; name each secret with secretKeyRef")
+    for e in container.get("env", []):
+        if SECRET_NAME.search(e["name"]) and set(e.get("valueFrom", {})) != {"secretKeyRef"}:
+            out.append(f"{e['name']} is not from a secretKeyRef")
+    if re.search(r"://[^/\s@]+:[^/\s@]+@", args):
+        out.append("a password in a URI of the arguments")
+    return out
+
+
+@pytest.mark.unit
+def test_mlflow_manifest() -> None:
+    assert mlflow_problems(documents(MLFLOW_MANIFEST)) == []
+
+
+@pytest.mark.unit
+def test_the_mlflow_checks_catch_mistakes() -> None:
+    good = documents(MLFLOW_MANIFEST)
+    kinds = [d["kind"] for d in good]
+    deploy_at, service_at = kinds.index("Deployment"), kinds.index("Service")
+
+    def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(docs[deploy_at]["spec"]["template"]["spec"]["containers"][0])
+
+    def args_without(prefix: str) -> Any:
+        return lambda c: c.update(args=[a for a in c["args"] if not a.startswith(prefix)])
+
+    def allowed_without(host: str) -> Any:
+        def edit(c: dict[str, Any]) -> None:
+            c["args"] = [re.sub(rf"(?<=[=,]){re.escape(host)}(?=,|$)", "x", a) for a in c["args"]]
+
+        return edit
+
+    def secret_literal(c: dict[str, Any]) -> None:
+        c["env"] = [*c["env"], {"name": "AWS_SECRET_ACCESS_KEY", "value": "plain"}]
+
+    def db_password(c: dict[str, Any]) -> None:
+        c["args"] = [*c["args"], "--registry-store-uri=postgresql://u:pw@db/mlflow"]
+
+    container_edits = {
+        "the full service name": allowed_without("mlflow.mlflow.svc.cluster.local:5000"),
+        "the short name": allowed_without("mlflow"),
+        "no --allowed-hosts": args_without("--allowed-hosts"),
+        "no --serve-artifacts": args_without("--serve-artifacts"),
+        "a literal secret": secret_literal,
+        "a password in a URI": db_password,
+        "envFrom": lambda c: c.update(envFrom=[{"secretRef": {"name": "avtime-s3"}}]),
+        "db off the volume": lambda c: c.update(volumeMounts=[]),
+    }
+    for what, edit in container_edits.items():
+        bad = copy.deepcopy(good)
+        c = container(bad)
+        edit(c)
+        bad[deploy_at]["spec"]["template"]["spec"]["containers"][0] = c
+        assert mlflow_problems(bad) != [], what
+    doc_edits: dict[str, tuple[int, tuple[str, ...], Any]] = {
+        "service selector": (service_at, ("spec", "selector"), {"app": "other"}),
+        "two replicas": (deploy_at, ("spec", "replicas"), 2),
+        "rolling update": (deploy_at, ("spec", "strategy"), {"type": "RollingUpdate"}),
+        "other port": (service_at, ("spec", "ports"), [{"port": 80, "targetPort": "http"}]),
+    }
+    for what, (at, where, value) in doc_edits.items():
+        bad = copy.deepcopy(good)
+        functools.reduce(operator.getitem, where[:-1], bad[at])[where[-1]] = value
+        assert mlflow_problems(bad) != [], what
+
+
+@pytest.mark.unit
+def test_mlflow_fits_a_node() -> None:
+    """Its requests fit the smallest node type infra/ uses (it names none), within its limits."""
+    deploy = by_kind(documents(MLFLOW_MANIFEST))["Deployment"]
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+    assert set(requests) == set(limits) == {"cpu", "memory"}
+    smallest = min(
+        (allocatable(t) for t in instance_types().values()), key=operator.itemgetter("memory")
+    )
+    for key in ("cpu", "memory"):
+        assert quantity(requests[key]) <= quantity(limits[key]) <= smallest[key], key
+
+
+@pytest.mark.unit
+def test_rayjob_tracks_to_the_mlflow_service() -> None:
+    """The RayJob's MLFLOW_TRACKING_URI is the Service's full DNS name and port, and the server's
+    own Host check (MLflow's matcher) accepts what clients send for it and refuses other names."""
+    mlflow_docs = by_kind(documents(MLFLOW_MANIFEST))
+    service = mlflow_docs["Service"]
+    (c,) = mlflow_docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    allowed = cli_options(c["args"])["--allowed-hosts"].split(",")
+    (port,) = [p["port"] for p in service["spec"]["ports"]]
+    name, ns = service["metadata"]["name"], service["metadata"]["namespace"]
+    for _, doc in ray_documents():
+        env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]
+        uri = urlsplit(env["MLFLOW_TRACKING_URI"])
+        assert (uri.scheme, uri.hostname, uri.port) == (
+            "http",
+            f"{name}.{ns}.svc.cluster.local",
+            port,
+        )
+        assert is_allowed_host_header(allowed, uri.netloc)  # what requests sends as Host
+    for host in service_hosts(service) + ["localhost:5000", "127.0.0.1:8080"]:
+        assert is_allowed_host_header(allowed, host), host
+    for host in ("evil.example.com", "mlflow.evil.example.com:5000", "10.0.0.5:5000", ""):
+        assert not is_allowed_host_header(allowed, host), host
