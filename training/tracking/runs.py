@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from avtime.pipelines.storage import redact_url  # the one URL redactor (also for S3)
+
 DEFAULT_EXPERIMENT = "avtime"
 SYSTEM_METRICS_INTERVAL_S = 5.0
 _SECRET_KEY = re.compile(r"secret|passw|token|credential|access_key|api_key|auth", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
 class Logger(Protocol):
@@ -240,13 +241,8 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
 
 
-def redact_url(value: str) -> str:
-    """Remove `user:password@` from every URL in `value`."""
-    return _URL_USERINFO.sub(lambda m: m.group("scheme"), value)
-
-
 def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """Params as strings, with secret-looking keys masked and URL user info removed."""
+    """Params as strings, with secret-looking keys masked and URL user info replaced by `***`."""
     out: dict[str, str] = {}
     for key, value in params.items():
         text = "" if value is None else str(value)
