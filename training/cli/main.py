@@ -35,17 +35,22 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per subcommand."""
+EPILOG = "Any subcommand takes --debug: print the traceback of an error, not one line."
+
+
+def build_parser(arguments: bool = True) -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per subcommand (with each one's arguments, or,
+    for `avtime --help` and an unknown command, only its name and help line)."""
     parser = argparse.ArgumentParser(
         prog="avtime",
         description="Audio-visual contrastive learning with temporal SSL on Ray.",
-        epilog="Any subcommand takes --debug: print the traceback of an error, not one line.",
+        epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _load(name).add_arguments(p)
+        if arguments:
+            _load(name).add_arguments(p)
     return parser
 
 
@@ -66,20 +71,20 @@ def non_finite_options(args: argparse.Namespace) -> str:
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace | None, ModuleType | None]:
     """(args, the subcommand's module); (None, None) when no subcommand was given (help was
-    printed). Only the named subcommand's parser is built when one is named."""
-    if argv and argv[0] in SUBCOMMANDS and not any(a in ("-h", "--help") for a in argv[1:2]):
-        parser = argparse.ArgumentParser(prog=f"avtime {argv[0]}")
+    printed). Only the named subcommand's module is imported when one is named."""
+    if argv and argv[0] in SUBCOMMANDS:
+        parser = argparse.ArgumentParser(
+            prog=f"avtime {argv[0]}", description=SUBCOMMANDS[argv[0]], epilog=EPILOG
+        )
         module = _load(argv[0])
         module.add_arguments(parser)
         args = parser.parse_args(argv[1:])
         args.command = argv[0]
         return args, module
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return None, None
-    return args, _load(args.command)
+    parser = build_parser(arguments=False)
+    parser.parse_args(argv)  # exits: help, or an unknown command
+    parser.print_help()
+    return None, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
