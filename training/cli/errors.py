@@ -84,8 +84,7 @@ def _tracking(exc: BaseException) -> tuple[int, str] | None:
             f"the MLflow tracking store is not an MLflow database "
             f"({one_line(text.split(' [SQL:')[0])}); check --tracking-uri or MLFLOW_TRACKING_URI"
         )
-    refused = _is(exc, MLFLOW_ERRORS) and "Max retries exceeded" in text
-    if refused or _is(exc, HTTP_UNREACHABLE):
+    if _is(exc, MLFLOW_ERRORS) and any(_is(link, HTTP_UNREACHABLE) for link in chain(exc)):
         return StoreError.exit_code, (
             f"cannot reach the MLflow server ({one_line(storage.redact_url(text))[:200]}); check "
             "that it is up and --tracking-uri / MLFLOW_TRACKING_URI"

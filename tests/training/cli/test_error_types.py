@@ -111,15 +111,25 @@ def test_s3_faults_are_matched_by_type(monkeypatch: pytest.MonkeyPatch) -> None:
     )  # fmt: skip
 
 
+def _mlflow_request(url: str) -> None:
+    """What MLflow's rest_utils does when the server does not answer."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api")
+    except requests.exceptions.ConnectionError as e:
+        raise MlflowException(f"API request to {url} failed with exception {e}")  # noqa: B904
+
+
 def test_mlflow_unreachable_is_a_store_error() -> None:
     from mlflow.exceptions import MlflowException
 
-    exc = MlflowException(
-        "API request to http://u:secret@127.0.0.1:9/api/2.0/mlflow/experiments/get-by-name "
-        "failed with exception HTTPConnectionPool: Max retries exceeded with url"
-    )
-    code, line = classify(exc)
+    with pytest.raises(MlflowException) as info:
+        _mlflow_request("http://u:secret@127.0.0.1:9/api/2.0/mlflow/experiments/get-by-name")
+    code, line = classify(info.value)
     assert code == 2 and line.startswith("cannot reach the MLflow server") and "secret" not in line
+    assert classify(MlflowException("RESOURCE_DOES_NOT_EXIST: no such run"))[0] == 1
 
 
 def test_usage_errors_exit_2_through_main(capsys: pytest.CaptureFixture[str]) -> None:
