@@ -16,11 +16,15 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from avtime.pipelines.errors import UsageError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A bad config key or value. The message names the key and what is allowed."""
+class ConfigError(UsageError):
+    """A bad config key or value. The message names the key and what is allowed. Exit 2."""
+
+    prefix = "config error: "
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:

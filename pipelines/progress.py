@@ -1,4 +1,8 @@
-"""A tiny stderr progress bar (no third-party dependency)."""
+"""A tiny stderr progress bar for `avtime synth`, in plain Python.
+
+tqdm is a dependency too (Ray Data draws its own progress bars with it); this bar is kept
+because it also writes a line per tenth of the way when stderr is not a terminal (logs, CI).
+"""
 
 from __future__ import annotations
 

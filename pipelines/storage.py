@@ -17,12 +17,15 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from avtime.pipelines.errors import StoreError
 
 S3_CONNECT_TIMEOUT_S = 5.0
 S3_READ_TIMEOUT_S = 30.0
@@ -32,25 +35,44 @@ CHECK_TIMEOUT_S = 8.0  # the up-front check of SRC/DST gives up sooner than data
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
-# Error types (by name: botocore, aiohttp, urllib3, builtins) that mean "S3 did not answer".
-S3_UNREACHABLE = (
-    "EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-    "ServerDisconnectedError", "ConnectionRefusedError", "ReadTimeoutError",
-    "ConnectionClosedError",
-)  # fmt: skip
+# Errors that mean "S3 did not answer", as (module, class) of botocore, aiohttp, urllib3 and
+# builtins. A live exception is matched with isinstance (against the modules already imported:
+# an error of a module never imported cannot have been raised); the names are also read in the
+# text of a Ray task's error, whose remote traceback arrives as a message.
+S3_UNREACHABLE_TYPES = (
+    ("botocore.exceptions", "EndpointConnectionError"),
+    ("botocore.exceptions", "ConnectTimeoutError"),
+    ("botocore.exceptions", "ReadTimeoutError"),
+    ("botocore.exceptions", "ConnectionClosedError"),
+    ("aiohttp", "ClientConnectorError"),
+    ("aiohttp", "ServerDisconnectedError"),
+    ("urllib3.exceptions", "ReadTimeoutError"),
+    ("builtins", "ConnectionRefusedError"),
+)
+S3_UNREACHABLE = tuple(dict.fromkeys(name for _, name in S3_UNREACHABLE_TYPES))
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
-class StorageError(RuntimeError):
-    """A storage location cannot be reached, read or written. The message says what to check."""
+class StorageError(StoreError, RuntimeError):
+    """A storage location cannot be reached, read or written. The message says what to check.
+    Exit 2."""
+
+
+def redact_url(text: str) -> str:
+    """`text` with the user info (`user:password@`) of every URL in it replaced by `***@`.
+    The one redactor for messages, MLflow params and tags."""
+    return _URL_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
 
 
 def redacted_endpoint() -> str:
-    """The S3 endpoint for messages: user info (a password) replaced by `***`."""
-    url = endpoint_url()
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    """The S3 endpoint for messages, redacted (`redact_url`)."""
+    return redact_url(endpoint_url())
+
+
+def loaded_types(specs: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    """The exception classes `(module, name)` of `specs` whose modules are already imported."""
+    found = (getattr(sys.modules.get(mod), name, None) for mod, name in specs)
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
 
 
 def error_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -67,11 +89,14 @@ def error_chain(exc: BaseException) -> Iterator[BaseException]:
 def s3_unreachable(exc: BaseException) -> str | None:
     """The name of the first error in `exc`'s chain (`error_chain`) that means S3 did not
     answer, or None. A Ray task's error arrives as text (the remote traceback inside the
-    RayTaskError's message), so the messages are read too."""
+    RayTaskError's message), so the messages are read too: the one place errors are
+    recognised by text."""
+    types = loaded_types(S3_UNREACHABLE_TYPES)
     pattern = re.compile(r"\b(" + "|".join(S3_UNREACHABLE) + r")\b")
     for link in error_chain(exc):
-        names = [c.__name__ for c in type(link).__mro__]
-        found = [n for n in names if n in S3_UNREACHABLE] or pattern.findall(str(link))
+        if types and isinstance(link, types):
+            return next(t.__name__ for t in types if isinstance(link, t))
+        found = pattern.findall(str(link))
         if found:
             return str(found[0])
     return None
@@ -162,7 +187,7 @@ def check_endpoint(timeout_s: float = S3_CONNECT_TIMEOUT_S) -> None:
             return
     except OSError as exc:
         raise StorageError(
-            f"cannot connect to the S3 endpoint {url} ({exc.__class__.__name__}: {exc}); "
+            f"cannot connect to the S3 endpoint {redact_url(url)} ({exc.__class__.__name__}: {exc}); "
             "check AWS_ENDPOINT_URL and that the server is up"
         ) from None
 
@@ -192,7 +217,7 @@ def check_location(uri: str, *, must_exist: bool) -> None:
         ) from None
     except Exception as exc:
         raise StorageError(
-            f"the S3 endpoint {endpoint_url()} failed a request for {uri} ({_short(exc)}); "
+            f"the S3 endpoint {redacted_endpoint()} failed a request for {uri} ({_short(exc)}); "
             "check AWS_ENDPOINT_URL and that the server is an S3 service that is up"
         ) from None
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from avtime.pipelines import storage
+from avtime.pipelines.errors import UsageError
 
 DatasetName = Literal["ucf101", "hmdb51", "esc50", "vggsound", "folder"]
 DATASETS: tuple[str, ...] = ("ucf101", "hmdb51", "esc50", "vggsound", "folder")
@@ -62,7 +63,7 @@ class _Fs:
 fsx = _Fs()
 
 
-class LayoutError(ValueError):
+class LayoutError(UsageError):
     """A dataset root does not have the expected layout. The message says what to fix."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from avtime.pipelines import schema, storage
 from avtime.pipelines.config import IngestConfig
+from avtime.pipelines.errors import JobError
 from avtime.pipelines.ingest.listing import InputItem, list_inputs
 from avtime.pipelines.ingest.lock import DestinationLock, LockError
 from avtime.pipelines.ingest.worker import PROGRESS_DIR, TMP_DIR, map_groups, marker_name
@@ -29,7 +30,7 @@ RESUME_KEYS_IGNORED = ("max_reject_fraction", "file_timeout_s")
 CONFIG_NAME = f"{PROGRESS_DIR}/config.json"
 
 
-class IngestError(RuntimeError):
+class IngestError(JobError, RuntimeError):
     """The job cannot run or finish; the message says why and what to do."""
 
 
@@ -177,9 +178,7 @@ def _run_groups(
                 f"read inputs and wrote shards to {dst} ({unreachable}); once it is back, rerun "
                 "the same command to resume"
             ) from None
-        cause = exc
-        while getattr(cause, "cause", None) is not None:
-            cause = cause.cause  # type: ignore[attr-defined]
+        cause = list(storage.error_chain(exc))[-1]  # what Ray's wrappers wrap
         raise IngestError(f"ingest task failed: {type(cause).__name__}: {cause}") from None
 
 

@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from avtime.pipelines import storage
+from avtime.pipelines.errors import UsageError
 
 MEDIA_EXTENSIONS = frozenset(
     ".mp4 .m4v .mkv .webm .avi .mov .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .vob .mxf "
@@ -37,7 +38,7 @@ START_KEYS = ("start_s", "start", "time_start", "start_seconds")
 END_KEYS = ("end_s", "end", "time_end", "end_seconds")
 
 
-class ListingError(ValueError):
+class ListingError(UsageError):
     """SRC or a listing file cannot be used; the message names the problem."""
 
 

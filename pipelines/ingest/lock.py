@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avtime.pipelines import storage
+from avtime.pipelines.errors import JobError
 
 LOCK_NAME = "_progress/lock.json"
 RENEW_S = 10.0
@@ -35,7 +36,7 @@ STALE_S = 60.0
 SETTLE_S = 1.0
 
 
-class LockError(RuntimeError):
+class LockError(JobError, RuntimeError):
     """The destination is locked by a live run; the message names it."""
 
 

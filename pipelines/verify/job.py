@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from avtime.pipelines import storage
+from avtime.pipelines.errors import EXIT_USAGE, AvtimeError
 from avtime.pipelines.schema import (
     MANIFEST_NAME,
     REJECTS_NAME,
@@ -38,8 +39,10 @@ from avtime.pipelines.verify.rows import (
 )
 
 
-class VerifyError(RuntimeError):
+class VerifyError(AvtimeError, RuntimeError):
     """The dataset cannot be verified at all (no manifest, unreadable manifest, bad argument)."""
+
+    exit_code = EXIT_USAGE
 
 
 def verify_dataset(

@@ -1,126 +1,176 @@
-"""One line for every failure a user can cause or meet: what went wrong and what to do.
+"""One line and one exit code for every failure a user can cause or meet.
 
-`main` runs each subcommand inside `one_line`: any exception becomes one line on stderr and a
-non-zero exit code; the traceback is printed only with `--debug`. `describe` unwraps the chains
-that Ray and the S3 client wrap errors in (Ray's `UserCodeException`, `RayTaskError`,
-`__cause__`) down to the first error that says something, and names the known kinds:
-S3 unreachable or refusing credentials, a Parquet file that is not one, YAML that does not
-parse, a file that is not UTF-8, a missing path.
+`main` alone catches what a subcommand raises and calls `classify`: it walks the chain that
+Ray and the S3 client wrap errors in (`storage.error_chain`: Ray's `.cause`, `__cause__`) and
+takes the first link it knows, by type (`isinstance`):
+
+- an `AvtimeError` (pipelines/errors.py): its own line and exit code;
+- S3 that does not answer or refuses the credentials, an MLflow store that does not answer or
+  is not one: exit 2 (`StoreError`'s code);
+- a bad input: YAML that does not parse, a file that is not UTF-8 or not Parquet, a missing
+  path, a file where a folder is needed, any other ValueError (`models` raises those): exit 2;
+- a full disk or another OS error: exit 1.
+
+Anything else is exit 1 with its type and message. Ctrl-C is exit 130. A Ray task's error
+crosses the process boundary as text; `storage.s3_unreachable` is the one place that reads it.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
-import traceback
 from collections.abc import Callable
 
 from avtime.pipelines import storage
+from avtime.pipelines.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    AvtimeError,
+    StoreError,
+    one_line,
+)
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-MAX_CHARS = 600
-
-# Errors whose message is already written for the user (ours, and Python's own file errors).
-USER_ERRORS = (
-    "ConfigError", "StorageError", "IngestError", "ListingError", "VerifyError", "LayoutError",
-    "SubmitError", "CompareError", "CheckpointError", "SampleError", "LockError",
-)  # fmt: skip
 S3_AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
-
+# (module, class) of third-party errors, matched with isinstance when their module is loaded.
+S3_CLIENT_ERRORS = (("botocore.exceptions", "ClientError"),)
+S3_NO_CREDENTIALS = (("botocore.exceptions", "NoCredentialsError"),)
+PARQUET_ERRORS = (("pyarrow.lib", "ArrowInvalid"), ("pyarrow.lib", "ArrowIOError"))
+YAML_ERRORS = (("yaml", "YAMLError"),)
+SQL_ERRORS = (("sqlalchemy.exc", "DatabaseError"), ("sqlite3", "DatabaseError"))
+HTTP_UNREACHABLE = (("requests.exceptions", "ConnectionError"),)
+MLFLOW_ERRORS = (("mlflow.exceptions", "MlflowException"),)
+Describer = Callable[[BaseException], "tuple[int, str] | None"]
 
 chain = storage.error_chain  # `exc`, then what it wraps (Ray's .cause, __cause__)
 
 
-def _first_line(text: str) -> str:
-    return " ".join(text.split())[:MAX_CHARS]
+def _is(exc: BaseException, specs: tuple[tuple[str, str], ...]) -> bool:
+    types = storage.loaded_types(specs)
+    return bool(types) and isinstance(exc, types)
 
 
-def _s3(exc: BaseException) -> str | None:
-    name = type(exc).__name__
-    if name in storage.S3_UNREACHABLE:
+def _unreachable_s3(name: str) -> str:
+    return (
+        f"cannot reach S3 at {storage.redacted_endpoint()} ({name}); check that the server is up "
+        "and AWS_ENDPOINT_URL"
+    )
+
+
+def _s3(exc: BaseException) -> tuple[int, str] | None:
+    """S3 that does not answer, or refuses the credentials."""
+    if _is(exc, storage.S3_UNREACHABLE_TYPES):
+        return StoreError.exit_code, _unreachable_s3(type(exc).__name__)
+    if _is(exc, S3_NO_CREDENTIALS):
         return (
-            f"cannot reach S3 at {storage.redacted_endpoint()} ({name}); check that the server "
-            "is up and AWS_ENDPOINT_URL"
+            StoreError.exit_code,
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         )
-    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) or str(exc)
-    if name in ("ClientError", "PermissionError") and any(c in code for c in S3_AUTH_CODES):
-        return (
-            f"S3 at {storage.redacted_endpoint()} refused the credentials ({_first_line(code)}); check "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        )
-    if name == "NoCredentialsError":
-        return "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    if _is(exc, S3_CLIENT_ERRORS) or isinstance(exc, PermissionError):
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) or str(exc)
+        if any(c in code for c in S3_AUTH_CODES):
+            return StoreError.exit_code, (
+                f"S3 at {storage.redacted_endpoint()} refused the credentials "
+                f"({one_line(code)}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
     return None
 
 
-def _known(exc: BaseException) -> str | None:
-    """The message for one known kind of error, or None."""
-    name = type(exc).__name__
-    if name in USER_ERRORS:
-        return _first_line(str(exc))
-    s3 = _s3(exc)
-    if s3 is not None:
-        return s3
-    if name in ("ArrowInvalid", "ArrowIOError") and "arquet" in str(exc):
-        return f"a file is not valid Parquet ({_first_line(str(exc))}); run `avtime verify` on it"
-    if name in ("YAMLError", "ScannerError", "ParserError", "ComposerError"):
+def _tracking(exc: BaseException) -> tuple[int, str] | None:
+    """An MLflow store that does not answer, or a file that is not an MLflow database."""
+    text = str(exc)
+    if _is(exc, SQL_ERRORS) and "database" in text.lower():
+        return StoreError.exit_code, (
+            f"the MLflow tracking store is not an MLflow database "
+            f"({one_line(text.split(' [SQL:')[0])}); check --tracking-uri or MLFLOW_TRACKING_URI"
+        )
+    if _is(exc, MLFLOW_ERRORS) and any(_is(link, HTTP_UNREACHABLE) for link in chain(exc)):
+        return StoreError.exit_code, (
+            f"cannot reach the MLflow server ({one_line(storage.redact_url(text))[:200]}); check "
+            "that it is up and --tracking-uri / MLFLOW_TRACKING_URI"
+        )
+    return None
+
+
+def _bad_input(exc: BaseException) -> tuple[int, str] | None:
+    """A file that is not what it should be, or a path that is missing or in the way."""
+    text = str(exc)
+    if _is(exc, PARQUET_ERRORS) and "arquet" in text:
+        return (
+            EXIT_USAGE,
+            f"a file is not valid Parquet ({one_line(text)}); run `avtime verify` on it",
+        )
+    if _is(exc, YAML_ERRORS):
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        return f"the YAML file does not parse{where}: {_first_line(str(problem))}"
+        problem = getattr(exc, "problem", None) or text
+        return EXIT_USAGE, f"the YAML file does not parse{where}: {one_line(str(problem))}"
     if isinstance(exc, UnicodeDecodeError):
-        return f"a text file is not UTF-8 (byte {exc.object[exc.start]:#04x} at {exc.start})"
-    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
-        return f"{exc.filename} is in the way: a file where a folder is needed; pick another path"
-    if name in ("DatabaseError", "OperationalError") and "database" in str(exc).lower():
         return (
-            f"the MLflow tracking store is not an MLflow database "
-            f"({_first_line(str(exc).split(' [SQL:')[0])}); "
-            "check --tracking-uri or MLFLOW_TRACKING_URI"
+            EXIT_USAGE,
+            f"a text file is not UTF-8 (byte {exc.object[exc.start]:#04x} at {exc.start})",
+        )
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
+        return (
+            EXIT_USAGE,
+            f"{exc.filename} is in the way: a file where a folder is needed; pick another path",
         )
     if isinstance(exc, (FileNotFoundError, IsADirectoryError)):
-        what = exc.strerror or str(exc)
-        return f"{exc.filename}: {what.lower()}" if exc.filename else _first_line(str(exc))
+        what = exc.strerror or text
+        return EXIT_USAGE, f"{exc.filename}: {what.lower()}" if exc.filename else one_line(text)
     return None
+
+
+def _environment(exc: BaseException) -> tuple[int, str] | None:
+    """A full disk, or another OS error: the work failed (exit 1)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" at {exc.filename}" if exc.filename else ""
+        return EXIT_FAILED, f"no space left on the device{where}; free some space and rerun"
+    return None
+
+
+DESCRIBERS: tuple[Describer, ...] = (_s3, _tracking, _bad_input, _environment)
+
+
+def _wrapper(exc: BaseException) -> bool:
+    """Ray's RayTaskError/UserCodeException wrap the real error in `.cause` (a RayTaskError may
+    even subclass the real error's type, with the remote traceback as its message)."""
+    return isinstance(getattr(exc, "cause", None), BaseException)
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one line without newlines) for `exc`: the first link of its chain that is an
+    AvtimeError or a known kind, else the S3 fault read from a Ray task's text, else the root."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    links = [link for link in chain(exc) if not _wrapper(link)] or [exc]
+    for link in links:
+        if isinstance(link, AvtimeError):
+            return link.exit_code, link.line()
+        for describe_one in DESCRIBERS:
+            known = describe_one(link)
+            if known is not None:
+                return known
+    unreachable = storage.s3_unreachable(exc)  # also inside a Ray task's remote traceback
+    if unreachable is not None:
+        return StoreError.exit_code, _unreachable_s3(unreachable)
+    root = links[-1]
+    if isinstance(root, ValueError) and str(root):
+        return EXIT_USAGE, one_line(str(root))
+    if isinstance(root, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    return EXIT_FAILED, one_line(
+        f"{type(root).__name__}: {root}"
+    ) + " (rerun with --debug for details)"
 
 
 def describe(exc: BaseException) -> str:
-    """One line (no newlines) for `exc`: the first known error in its chain, else the root's
-    type and message."""
-    links = list(chain(exc))
-    for link in links:
-        known = _known(link)
-        if known is not None:
-            return known
-    unreachable = storage.s3_unreachable(exc)  # also inside a Ray task's remote traceback
-    if unreachable is not None:
-        return (
-            f"cannot reach S3 at {storage.redacted_endpoint()} ({unreachable}); check that the "
-            "server is up and AWS_ENDPOINT_URL"
-        )
-    root = links[-1]
-    if isinstance(root, ValueError) and str(root):
-        return _first_line(str(root))
-    return _first_line(f"{type(root).__name__}: {root}") + " (rerun with --debug for details)"
+    """The one line for `exc` (see `classify`)."""
+    return classify(exc)[1]
 
 
-def one_line(command: str, run: Callable[[], int], debug: bool) -> int:
-    """Run `run()`; turn any exception into one stderr line and an exit code (traceback with
-    `debug`). Ctrl-C exits 130; a usage/config mistake 2; anything else 1."""
-    try:
-        return run()
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print(f"avtime {command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except SystemExit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the one place every failure is turned into a line
-        if debug:
-            traceback.print_exc()
-        code = EXIT_USAGE if type(exc).__name__ == "ConfigError" else EXIT_ERROR
-        prefix = "config error: " if code == EXIT_USAGE else ""
-        print(f"avtime {command}: {prefix}{describe(exc)}", file=sys.stderr)
-        return code
+def report(command: str, exc: BaseException) -> int:
+    """Print `avtime COMMAND: <line>` on stderr; return the exit code."""
+    code, line = classify(exc)
+    print(f"avtime {command}: {line}", file=sys.stderr)
+    return code

@@ -2,7 +2,11 @@
 
 Each subcommand lives in `training/cli/commands/<name>.py` with two functions:
 `add_arguments(parser: argparse.ArgumentParser) -> None` and `run(args: argparse.Namespace) -> int`.
-Modules are imported only when their subcommand runs, so `avtime --help` is fast.
+A command module imports only light things at its top (argparse, the standard library, the
+config dataclasses); torch, ray, mlflow and av are imported inside `run`, so `avtime --help`,
+`avtime CMD --help` and usage errors answer at once (tests/training/cli/test_help.py).
+Errors: a command raises (an `AvtimeError` from pipelines/errors.py, or anything else) and
+`main` alone turns it into one line and an exit code (training/cli/errors.py).
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ import argparse
 import importlib
 import math
 import sys
+import traceback
 from collections.abc import Sequence
+from types import ModuleType
 
-from avtime.training.cli.errors import one_line
+from avtime.pipelines.errors import EXIT_USAGE
+from avtime.training.cli import errors
 
 SUBCOMMANDS: dict[str, str] = {
     "synth": "write a synthetic audio-visual corpus of real mp4 files",
@@ -28,29 +35,29 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per available subcommand."""
+EPILOG = "Any subcommand takes --debug: print the traceback of an error, not one line."
+
+
+def build_parser(arguments: bool = True) -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per subcommand (with each one's arguments, or,
+    for `avtime --help` and an unknown command, only its name and help line)."""
     parser = argparse.ArgumentParser(
         prog="avtime",
         description="Audio-visual contrastive learning with temporal SSL on Ray.",
-        epilog="Any subcommand takes --debug: print the traceback of an error, not one line.",
+        epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module = _load(name)
-        if module is not None:
-            module.add_arguments(p)
+        if arguments:
+            _load(name).add_arguments(p)
     return parser
 
 
-def _load(name: str):  # type: ignore[no-untyped-def]
-    try:
-        return importlib.import_module(f"avtime.training.cli.commands.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"avtime.training.cli.commands.{name}":
-            return None
-        raise
+def _load(name: str) -> ModuleType:
+    """The module of subcommand `name` (light at import: torch, ray, mlflow and av are imported
+    inside `run`, so `--help` and usage errors answer at once)."""
+    return importlib.import_module(f"avtime.training.cli.commands.{name}")
 
 
 def non_finite_options(args: argparse.Namespace) -> str:
@@ -62,37 +69,44 @@ def non_finite_options(args: argparse.Namespace) -> str:
     return ""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, dispatch, and turn every failure into one line on stderr and a
-    non-zero exit (`--debug`, anywhere on the command line, adds the traceback)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    if argv and argv[0] in SUBCOMMANDS and not any(a in ("-h", "--help") for a in argv[1:2]):
-        parser = argparse.ArgumentParser(prog=f"avtime {argv[0]}")
+def parse(argv: list[str]) -> tuple[argparse.Namespace | None, ModuleType | None]:
+    """(args, the subcommand's module); (None, None) when no subcommand was given (help was
+    printed). Only the named subcommand's module is imported when one is named."""
+    if argv and argv[0] in SUBCOMMANDS:
+        parser = argparse.ArgumentParser(
+            prog=f"avtime {argv[0]}", description=SUBCOMMANDS[argv[0]], epilog=EPILOG
+        )
         module = _load(argv[0])
-        if module is None:
-            print(f"avtime {argv[0]}: not available in this build", file=sys.stderr)
-            return 2
         module.add_arguments(parser)
         args = parser.parse_args(argv[1:])
         args.command = argv[0]
-    else:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 0
-        module = _load(args.command)
-        if module is None:
-            print(f"avtime {args.command}: not available in this build", file=sys.stderr)
-            return 2
+        return args, module
+    parser = build_parser(arguments=False)
+    parser.parse_args(argv)  # exits: help, or an unknown command
+    parser.print_help()
+    return None, None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, dispatch, and turn every failure into one line on stderr and its exit
+    code (`errors.classify`; `--debug`, anywhere on the command line, adds the traceback). This
+    is the only place an error becomes an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args, module = parse([a for a in argv if a != "--debug"])
+    if args is None or module is None:
+        return 0
     args.debug = debug
     bad = non_finite_options(args)
     if bad:
         print(f"avtime {args.command}: {bad} must be a finite number", file=sys.stderr)
-        return 2
-    return one_line(args.command, lambda: int(module.run(args) or 0), debug)
+        return EXIT_USAGE
+    try:
+        return int(module.run(args) or 0)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the one place for all
+        if debug:
+            traceback.print_exc()
+        return errors.report(args.command, exc)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from avtime.pipelines.errors import ClusterError
 from avtime.training.cluster import jobenv
 
 MASK = "***"
@@ -38,7 +39,7 @@ DEFAULT_EXCLUDES = (
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-class SubmitError(Exception):
+class SubmitError(ClusterError):
     """A problem the user can fix; the message says what and how."""
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from avtime.pipelines.errors import UsageError
+
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
@@ -32,7 +34,7 @@ FORMAT_VERSION = 1
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of committed checkpoints
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint file that cannot be read as one; the message names the file."""
 
 

@@ -6,24 +6,24 @@ head it reports the accuracy, chance and the majority-class rate of the labels d
 count only rows with audio. Chance is 1 / (classes that occur among the labels drawn), so a speed
 that no segment can fit does not lower it. It also reports audio->video retrieval in the
 video-audio embedding space: each clip-1 audio embedding ranks every clip-1 video embedding by
-cosine similarity; R@1 is the fraction whose own video (same source segment) ranks first; chance
-is 1 / N with one clip per segment.
+cosine similarity; R@1 is the fraction whose own video (same source segment) ranks first, ties
+counting against the query (`training.eval.metrics.recall_at_k`); chance is 1 / N with one clip
+per segment.
+
+torch and the model are imported inside the functions, so `avtime eval --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from avtime.models.losses import TEMPORAL_TASKS
-from avtime.training.config import RunConfig
-
-HEAD_NAMES = tuple(task[0] for task in TEMPORAL_TASKS)
+    from avtime.training.config import RunConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print one line per head (and the JSON object with --json)."""
-    try:
-        result = evaluate_pretext(
-            args.checkpoint, args.data, epochs=args.epochs, batch_size=args.batch_size
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"avtime eval pretext: {exc}", file=sys.stderr)
-        return 2
+    result = evaluate_pretext(
+        args.checkpoint, args.data, epochs=args.epochs, batch_size=args.batch_size
+    )
     for line in summary_lines(result):
         print(line)
     if args.json:
@@ -81,7 +77,6 @@ def eval_data_config(cfg: RunConfig) -> Any:
     )
 
 
-@torch.no_grad()
 def evaluate_pretext(
     checkpoint: str, data: str, *, epochs: int = 2, batch_size: int = 32
 ) -> dict[str, Any]:
@@ -91,6 +86,8 @@ def evaluate_pretext(
     {"r1", "chance", "x_chance", "n"}, "examples", "checkpoint", "data", "step"}`; fractions
     are in [0, 1].
     """
+    import torch
+
     from avtime.pipelines.pretext.stream import build_pretext_dataset
     from avtime.training.engine.trainer import ensure_local_ray
     from avtime.training.eval.model_io import load_model
@@ -101,14 +98,15 @@ def evaluate_pretext(
     ds = build_pretext_dataset(data, eval_data_config(cfg), epoch=0, epochs=max(1, epochs))
     acc = HeadTally()
     audio_emb, video_emb, keys = [], [], []
-    for batch in ds.iter_torch_batches(batch_size=batch_size, device="cpu"):
-        out = model(batch["video1"], batch["video2"], batch["audio1"], batch["audio2"])
-        acc.add(out, batch)
-        if "emb_va_audio" in out:
-            keep = batch["has_audio"] > 0.5
-            audio_emb.append(out["emb_va_audio"][:, 0][keep])
-            video_emb.append(out["emb_va_video"][:, 0][keep])
-            keys.append(batch["example_key"][keep])
+    with torch.no_grad():
+        for batch in ds.iter_torch_batches(batch_size=batch_size, device="cpu"):
+            out = model(batch["video1"], batch["video2"], batch["audio1"], batch["audio2"])
+            acc.add(out, batch)
+            if "emb_va_audio" in out:
+                keep = batch["has_audio"] > 0.5
+                audio_emb.append(out["emb_va_audio"][:, 0][keep])
+                video_emb.append(out["emb_va_video"][:, 0][keep])
+                keys.append(batch["example_key"][keep])
     if acc.examples == 0:
         raise ValueError(f"{data} gave no pretext examples (are the segments long enough?)")
     return {
@@ -133,6 +131,10 @@ class HeadTally:
 
     def add(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         """Count one batch: model outputs and the pretext batch's labels."""
+        import torch
+
+        from avtime.models.losses import TEMPORAL_TASKS
+
         self.examples += int(batch["video1"].shape[0])
         has_audio = batch["has_audio"] > 0.5
         for name, logits_key, label_key, _, needs_audio in TEMPORAL_TASKS:
@@ -155,8 +157,10 @@ class HeadTally:
         Chance is 1 / (classes that occur among the labels): segments too short for the
         largest speed never draw it, so 1 / (head outputs) would flatter the head.
         """
+        from avtime.models.losses import TEMPORAL_TASKS
+
         out = {}
-        for name in HEAD_NAMES:
+        for name in (task[0] for task in TEMPORAL_TASKS):
             n = self.rows.get(name, 0)
             if n == 0:
                 continue
@@ -173,20 +177,22 @@ class HeadTally:
 def retrieval_r1(
     audio: list[torch.Tensor], video: list[torch.Tensor], keys: list[torch.Tensor]
 ) -> dict[str, float]:
-    """Audio->video R@1 by cosine similarity over N paired clip embeddings.
+    """Audio->video R@1 by cosine similarity over N paired clip embeddings (audio [n, F] and
+    video [n, F] per batch, keys [n]).
 
     A query hits when its nearest video comes from the same source example (`example_key`;
-    with several epochs one segment gives several clips). Chance is the mean fraction of videos
-    that would count as a hit, 1 / N with one clip per segment.
+    with several epochs one segment gives several clips); a video of another example that
+    scores the same as the nearest true one ranks first (ties count against the query, as in
+    `metrics.recall_at_k`, which computes it). Chance is the mean fraction of videos that would
+    count as a hit, 1 / N with one clip per segment.
     """
+    import torch
+
+    from avtime.training.eval.metrics import recall_at_k
+
     if not audio or sum(len(a) for a in audio) == 0:
         return {"r1": 0.0, "chance": 0.0, "x_chance": 0.0, "n": 0}
-    a = torch.nn.functional.normalize(torch.cat(audio).float(), dim=1)
-    v = torch.nn.functional.normalize(torch.cat(video).float(), dim=1)
-    k = torch.cat(keys)
-    same = k[:, None] == k[None, :]  # [N, N]
-    n = a.shape[0]
-    hits = same[torch.arange(n), (a @ v.t()).argmax(dim=1)]
-    r1 = float(hits.float().mean())
-    chance = float(same.float().mean(dim=1).mean())
-    return {"r1": r1, "chance": chance, "x_chance": r1 / chance, "n": n}
+    a, v, k = torch.cat(audio), torch.cat(video), torch.cat(keys)
+    r1 = recall_at_k(a, k, v, k, ks=(1,))["R@1"]
+    chance = float((k[:, None] == k[None, :]).float().mean(dim=1).mean())
+    return {"r1": r1, "chance": chance, "x_chance": r1 / chance, "n": int(a.shape[0])}

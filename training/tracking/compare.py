@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from avtime.pipelines.errors import UsageError
 from avtime.training.tracking import lineage
 
 PARENT_TAG = "avtime.parent_run_id"
@@ -38,7 +39,7 @@ _LOWER_IS_BETTER = re.compile(r"loss|error|(^|[^a-z])err([^a-z]|$)|nll|perplexit
 MAX_DEFAULT_METRICS = 4
 
 
-class CompareError(Exception):
+class CompareError(UsageError):
     """A problem the user can fix; the message says what and how."""
 
 

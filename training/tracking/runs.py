@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from avtime.pipelines.storage import redact_url  # the one URL redactor (also for S3)
+
 DEFAULT_EXPERIMENT = "avtime"
 # MLflow's own tags: the UI opens an experiment with this kind as model training (not GenAI),
 # shows a run's or a model's description from the note, and a run's source from its name.
@@ -40,7 +42,6 @@ SOURCE_NAME_TAG = "mlflow.source.name"
 SOURCE_TYPE_TAG = "mlflow.source.type"
 SYSTEM_METRICS_INTERVAL_S = 5.0
 _SECRET_KEY = re.compile(r"secret|passw|token|credential|access_key|api_key|auth", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
 class Logger(Protocol):
@@ -486,13 +487,8 @@ def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
         ) from None
 
 
-def redact_url(value: str) -> str:
-    """Remove `user:password@` from every URL in `value`."""
-    return _URL_USERINFO.sub(lambda m: m.group("scheme"), value)
-
-
 def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """Params as strings, with secret-looking keys masked and URL user info removed."""
+    """Params as strings, with secret-looking keys masked and URL user info replaced by `***`."""
     out: dict[str, str] = {}
     for key, value in params.items():
         text = "" if value is None else str(value)

@@ -114,7 +114,7 @@ def test_dead_endpoint_fails_fast_with_a_clear_message(s3_server: S3Server) -> N
         port = s.getsockname()[1]  # nothing listens here once the socket closes
     env = dict(s3_server.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
     out = _cli(["s3://avtime-src/videos", "s3://avtime-out/dead"], env)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "cannot connect to the S3 endpoint" in out.stderr
     assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in out.stderr + out.stdout
 
@@ -144,7 +144,7 @@ def test_silent_endpoint_times_out_with_a_clear_message() -> None:
         srv.close()
         for c in held:
             c.close()
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "failed a request" in out.stderr and "AWS_ENDPOINT_URL" in out.stderr
 
 
@@ -152,9 +152,9 @@ def test_silent_endpoint_times_out_with_a_clear_message() -> None:
 def test_refused_credentials_and_missing_bucket(s3_src: str, s3_server: S3Server) -> None:
     bad = dict(s3_server.env, AWS_SECRET_ACCESS_KEY="wrong-secret")
     out = _cli([f"{s3_src}/videos", "s3://avtime-out/x"], bad)
-    assert out.returncode == 1 and "refused" in out.stderr and "wrong-secret" not in out.stderr
+    assert out.returncode == 2 and "refused" in out.stderr and "wrong-secret" not in out.stderr
     out = _cli(["s3://no-such-bucket/videos", "s3://avtime-out/x"], s3_server.env)
-    assert out.returncode == 1 and "does not exist" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr
 
 
 class FlakyS3Proxy:

@@ -223,24 +223,17 @@ class _RayLikeError(Exception):
         self.cause = cause
 
 
-class ClientError(Exception):  # the shape of botocore's ClientError
-    def __init__(self, code: str) -> None:
-        super().__init__(f"An error occurred ({code})")
-        self.response = {"Error": {"Code": code}}
-
-
-class EndpointConnectionError(Exception):
-    pass
-
-
 @pytest.mark.unit
 def test_describe_unwraps_ray_and_names_s3(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://user:pw@s3.local:8333")
-    outage = _RayLikeError(EndpointConnectionError("Could not connect"))
+    outage = _RayLikeError(EndpointConnectionError(endpoint_url="http://x"))
     assert [type(e).__name__ for e in chain(outage)] == ["_RayLikeError", "EndpointConnectionError"]
     line = describe(outage)
     assert line.startswith("cannot reach S3 at http://***@s3.local:8333") and "pw" not in line
-    assert "refused the credentials" in describe(_RayLikeError(ClientError("InvalidAccessKeyId")))
+    denied = ClientError({"Error": {"Code": "InvalidAccessKeyId"}}, "ListObjectsV2")
+    assert "refused the credentials" in describe(_RayLikeError(denied))
     assert describe(RuntimeError("boom\nsecond line")).startswith("RuntimeError: boom second")
     assert "\n" not in describe(ValueError("a\nb"))
 

@@ -23,7 +23,7 @@ def test_safe_params_masks_secret_keys_and_url_user_info() -> None:
         }
     )
     assert "hunter2" not in " ".join(out.values()) and "tok" not in out.values()
-    assert out["train.storage_path"] == "s3://bucket/ckpt"
+    assert out["train.storage_path"] == "s3://***@bucket/ckpt"
     assert out["optim.lr"] == "0.001" and out["train.use_gpu"] == "False" and out["note"] == ""
 
 

@@ -63,16 +63,6 @@ def _split(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtime.training.tracking.compare import CompareError
-
-    try:
-        return _run(args)
-    except CompareError as exc:
-        print(f"avtime compare: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from avtime.training.tracking import compare

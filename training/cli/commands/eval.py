@@ -24,12 +24,8 @@ DATASETS = ("ucf101", "hmdb51", "esc50", "vggsound", "folder")
 
 
 def _pretext_module() -> Any:
-    try:
-        return importlib.import_module("avtime.training.eval.pretext")
-    except ModuleNotFoundError as exc:
-        if exc.name == "avtime.training.eval.pretext":
-            return None
-        raise
+    """training/eval/pretext.py (light at import: it imports torch inside its functions)."""
+    return importlib.import_module("avtime.training.eval.pretext")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -58,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Subcommands: one per protocol, plus `pretext` when the trainer's module is present."""
+    """Subcommands: one per protocol, plus `pretext` (the trainer's pretext heads)."""
     sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     helps = {
         "action": "action recognition: linear probe or fine-tuning, top-1 per video",
@@ -76,10 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "fingerprint":
             p.add_argument("--distortions", choices=("mild", "strong", "all"), default="all")
             p.add_argument("--max-videos", type=int, default=0, help="gallery cap (0 = all)")
-    pretext = _pretext_module()
-    if pretext is not None:
-        p = sub.add_parser("pretext", help="accuracy of the pretext heads on held-out shards")
-        pretext.add_arguments(p)
+    p = sub.add_parser("pretext", help="accuracy of the pretext heads on held-out shards")
+    _pretext_module().add_arguments(p)
 
 
 def _ensure_ray(workers: int | None) -> None:
@@ -229,21 +223,11 @@ def _clean(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run one protocol; print a summary (and a JSON line with --json); log to MLflow."""
     if args.protocol == "pretext":
-        pretext = _pretext_module()
-        if pretext is None:
-            print("avtime eval pretext: not available in this build", file=sys.stderr)
-            return 2
-        return int(pretext.run(args) or 0)
-    from avtime.pipelines.datasets.adapters import LayoutError
-
+        return int(_pretext_module().run(args) or 0)
     t0 = time.monotonic()
-    try:
-        ctx = _context(args)
-        _ensure_ray(args.workers)
-        result = _run_protocol(args, ctx)
-    except (LayoutError, FileNotFoundError, ValueError) as exc:
-        print(f"avtime eval {args.protocol}: {exc}", file=sys.stderr)
-        return 2
+    ctx = _context(args)
+    _ensure_ray(args.workers)
+    result = _run_protocol(args, ctx)
     logged = _log(args, ctx, result)
     result = {**result, "checkpoint": args.checkpoint, "dataset": args.dataset}
     if ctx.loaded.resolved and ctx.loaded.resolved != args.checkpoint:

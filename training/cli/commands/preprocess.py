@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from avtime.pipelines.config import IngestConfig
+from avtime.pipelines.errors import JobError, MissingInputError, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,10 +76,9 @@ def _mlflow_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the job; 0 = success, 1 = nothing usable / too many rejects / job error, 2 = usage."""
-    from avtime.pipelines.ingest.job import IngestError, LockError, run_ingest
-    from avtime.pipelines.ingest.listing import ListingError
-    from avtime.pipelines.storage import StorageError
+    """Run the job; 0 = success, 1 = nothing usable / too many rejects / job error, 2 = usage
+    (errors are raised; `main` prints them)."""
+    from avtime.pipelines.ingest.job import run_ingest
 
     try:
         cfg = replace(
@@ -88,16 +89,11 @@ def run(args: argparse.Namespace) -> int:
             file_timeout_s=args.file_timeout, rows_per_shard=args.rows_per_shard,
         )  # fmt: skip
     except ValueError as exc:
-        print(f"avtime preprocess: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from exc
     if args.workers is not None and args.workers < 1:
-        print("avtime preprocess: --workers must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        res = run_ingest(args.src, args.dst, cfg, labels=args.labels, workers=args.workers)
-    except (IngestError, ListingError, LockError, StorageError) as exc:
-        print(f"avtime preprocess: error: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError("--workers must be >= 1")
+    check_source(args.src)
+    res = run_ingest(args.src, args.dst, cfg, labels=args.labels, workers=args.workers)
     code = 0
     if res.rows == 0:
         print("avtime preprocess: no usable rows came out (see rejects.parquet)", file=sys.stderr)
@@ -115,8 +111,17 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def check_source(src: str) -> None:
+    """A local SRC that does not exist is a usage mistake (exit 2), named before Ray starts."""
+    if "://" not in src and not Path(src).exists():
+        raise MissingInputError(
+            f"{src} does not exist: pass a folder of videos, a .csv/.jsonl listing of them, "
+            "or s3://bucket/prefix (make some with `avtime synth FOLDER --videos 8`)"
+        )
+
+
 def _log_run(args: argparse.Namespace, cfg: IngestConfig) -> int:
-    """Log the preprocessing as an MLflow run (`--experiment`); 0, or 1 when that failed."""
+    """Log the preprocessing as an MLflow run (`--experiment`); 0, or a JobError (exit 1)."""
     from dataclasses import asdict
 
     from avtime.pipelines.verify.job import VerifyError
@@ -131,7 +136,6 @@ def _log_run(args: argparse.Namespace, cfg: IngestConfig) -> int:
             verify_fraction=None if args.no_verify else args.verify_fraction,
         )  # fmt: skip
     except (VerifyError, OSError, ValueError) as exc:
-        print(f"avtime preprocess: MLflow logging failed: {exc}", file=sys.stderr)
-        return 1
+        raise JobError(f"the shards are written, but MLflow logging failed: {exc}") from exc
     print(f"MLflow run {run_id} in experiment {args.experiment!r} at {redact_url(uri)}")
     return 0

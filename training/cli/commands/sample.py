@@ -13,13 +13,15 @@ import sys
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from avtime.pipelines.config import DataConfig
-from avtime.pipelines.pretext.clips import Example
-from avtime.pipelines.pretext.plan import ORDER_NAMES
-from avtime.pipelines.pretext.stream import iter_pretext_examples, segment_stats, shards_sample_rate
+from avtime.pipelines.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from avtime.pipelines.pretext.clips import Example
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +63,8 @@ def data_config(args: argparse.Namespace) -> DataConfig:
 
 def label_names(cfg: DataConfig) -> dict[str, list[str]]:
     """Class names of every label array, in index order."""
+    from avtime.pipelines.pretext.plan import ORDER_NAMES
+
     speeds = [f"x{s}" for s in cfg.pretext.speeds]
     direction = ["forward", "reverse"]
     return {
@@ -76,6 +80,8 @@ def label_names(cfg: DataConfig) -> dict[str, list[str]]:
 
 def collect(examples: list[Example], cfg: DataConfig, sample_rate: int) -> dict[str, np.ndarray]:
     """The .npz arrays of `examples` (see docs/pretext.md)."""
+    import numpy as np
+
     if not examples:
         raise ValueError("no examples: every segment was skipped (too short for the speeds)")
     keys = [k for k in examples[0] if k not in ("example_key",)]
@@ -87,9 +93,16 @@ def collect(examples: list[Example], cfg: DataConfig, sample_rate: int) -> dict[
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from avtime.pipelines.pretext.stream import (
+        iter_pretext_examples,
+        segment_stats,
+        shards_sample_rate,
+    )
+
     if args.n < 1:
-        print("avtime sample: --n must be >= 1", file=sys.stderr)
-        return 2
+        raise UsageError("--n must be >= 1")
     cfg = data_config(args)
     sr = shards_sample_rate(args.shards)
     stats = segment_stats(args.shards, cfg, sr)

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from avtime.pipelines.errors import Interrupted, UsageError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -82,11 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.exec_mode:
         return _exec(args.job_command)
-    try:
-        return _submit(args, sub)
-    except sub.SubmitError as exc:
-        print(f"avtime submit: {exc}", file=sys.stderr)
-        return 2
+    return _submit(args, sub)
 
 
 def _submit(args: argparse.Namespace, sub) -> int:  # type: ignore[no-untyped-def]
@@ -127,12 +125,10 @@ def _submit(args: argparse.Namespace, sub) -> int:  # type: ignore[no-untyped-de
     try:
         code = cluster.follow(client, job_id, sys.stdout)
     except KeyboardInterrupt:
-        print(
-            f"\navtime submit: stopped following; the job keeps running. Stop it with: "
-            f"ray job stop --address {spec.address} {job_id}",
-            file=sys.stderr,
-        )
-        return 130
+        raise Interrupted(
+            f"stopped following; the job keeps running. Stop it with: "
+            f"ray job stop --address {spec.address} {job_id}"
+        ) from None
     info = client.get_job_info(job_id)
     status = str(info.status).split(".")[-1]
     # the message ends with the last logs, which were streamed already
@@ -160,8 +156,7 @@ def _exec(command: list[str]) -> int:
 
     cmd = command[1:] if command[:1] == ["--"] else command
     if not cmd or cmd[0] != "avtime":
-        print("avtime submit --exec: expected `-- avtime <subcommand> ...`", file=sys.stderr)
-        return 2
+        raise UsageError("--exec: expected `-- avtime <subcommand> ...`")
     names = jobenv.load_into_environ()
     print(f"[avtime job] forwarded secrets: {', '.join(names) or 'none'}", file=sys.stderr)
     return main(cmd[1:])

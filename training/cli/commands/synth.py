@@ -12,7 +12,7 @@ from avtime.pipelines.configlib import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from avtime.pipelines.synth.corpus import CLASSES
+    from avtime.pipelines.synth.scene import CLASSES  # light: no av, unlike .corpus
 
     parser.add_argument(
         "out", metavar="OUT", help="output folder (created if missing) or s3://bucket/prefix"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtime.pipelines.configlib import ConfigError
-    from avtime.pipelines.storage import StorageError
     from avtime.training.config import load_run_config
     from avtime.training.engine.trainer import TrainRequest, train
     from avtime.training.tracking.runs import ui_command
@@ -61,13 +58,7 @@ def run(args: argparse.Namespace) -> int:
         cfg=cfg, data=args.data, experiment=args.experiment, name=args.name, workdir=args.workdir,
         register=args.register, alias=args.alias, log_weights=args.log_weights,
     )  # fmt: skip
-    try:
-        outcome = train(request)
-    except ConfigError:
-        raise
-    except (FileNotFoundError, ValueError, StorageError) as exc:
-        print(f"avtime train: {exc}", file=sys.stderr)
-        return 2
+    outcome = train(request)
     summary = outcome.summary()
     print(f"MLflow run {outcome.mlflow_run_id} at {summary['tracking_uri']}")
     print(f"  open the UI: {ui_command(summary['tracking_uri'])}")

@@ -7,7 +7,8 @@ all (no manifest, unreachable S3, bad arguments). See docs/verify.md.
 from __future__ import annotations
 
 import argparse
-import sys
+
+from avtime.pipelines.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,24 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtime.pipelines.storage import StorageError
-    from avtime.pipelines.verify.job import VerifyError, verify_dataset
+    from avtime.pipelines.verify.job import verify_dataset
     from avtime.pipelines.verify.report import summary_text, write_png
 
     if args.cpus_per_task <= 0 or args.top < 0:
-        print("avtime verify: --cpus-per-task must be > 0 and --top >= 0", file=sys.stderr)
-        return 2
-    try:
-        report = verify_dataset(
-            args.shards,
-            sample_fraction=args.sample_fraction,
-            seed=args.seed,
-            cpus_per_task=args.cpus_per_task,
-            max_worst=args.top,
-        )
-    except (VerifyError, StorageError) as exc:
-        print(f"avtime verify: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("--cpus-per-task must be > 0 and --top >= 0")
+    report = verify_dataset(
+        args.shards,
+        sample_fraction=args.sample_fraction,
+        seed=args.seed,
+        cpus_per_task=args.cpus_per_task,
+        max_worst=args.top,
+    )
     print(summary_text(report, max_lines=args.top), flush=True)
     if args.png:
         write_png(report, args.png)
