@@ -14,6 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from avtime.pipelines.errors import UsageError
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.parquet"
@@ -115,7 +117,7 @@ def manifest_to_bytes(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError):
     """A `manifest.json` that cannot be read as one; the message names the file and the fix."""
 
 

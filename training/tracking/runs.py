@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from avtime.pipelines.errors import TrackingError
 from avtime.pipelines.storage import redact_url  # the one URL redactor (also for S3)
 
 DEFAULT_EXPERIMENT = "avtime"
@@ -98,10 +99,6 @@ class TrackingSpec:
     run_name: str = ""  # names the checkpoints' logged models
     dataset_name: str = ""  # the training data: step metrics are linked to it
     dataset_digest: str = ""
-
-
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be used; the message names it and what to do."""
 
 
 # Bounds on one MLflow HTTP call (MLflow's own defaults retry for minutes): the logger's calls

@@ -67,8 +67,8 @@ def test_runs_open_in_a_model_training_experiment_with_source_and_description(
     assert run.data.tags["mlflow.source.type"] == "LOCAL"
     runs.set_final_checkpoint(uri, run_id, "s3://user:pw@host/b/ck/r/step_00000006")
     tags = client.get_run(run_id).data.tags
-    assert tags["avtime.checkpoint"] == "s3://host/b/ck/r/step_00000006"
-    assert "Final checkpoint: s3://host/b/ck/r/step_00000006" in tags["mlflow.note.content"]
+    assert tags["avtime.checkpoint"] == "s3://***@host/b/ck/r/step_00000006"
+    assert "Final checkpoint: s3://***@host/b/ck/r/step_00000006" in tags["mlflow.note.content"]
     assert "pw" not in tags["mlflow.note.content"]
     other = client.create_experiment("theirs", tags={"mlflow.experimentKind": "genai_development"})
     runs.open_run(uri=uri, experiment="theirs", run_name="r2", params={})
