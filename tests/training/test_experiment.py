@@ -96,3 +96,8 @@ def test_eval_params_name_what_was_evaluated_on_what_and_how() -> None:
         checkpoint_step=10, preset="paper", split=2,
     )  # fmt: skip
     assert ucf["split"] == 2 and ucf["checkpoint_step"] == 10
+
+
+def test_probe_summary_lines_format_floats_and_nested_results() -> None:
+    line = exp._summary({"top1": 0.25, "n": 4, "per": {"blur": {"R@1": 0.5}}})
+    assert line == "top1=0.2500, n=4, per={blur={R@1=0.5000}}"
