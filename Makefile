@@ -51,7 +51,7 @@ typecheck: install
 	MYPYPATH=build/typecheck $(BIN)/mypy -p avtime.pipelines -p avtime.models -p avtime.training
 
 test: lint typecheck
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --durations=15 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -m unit tests

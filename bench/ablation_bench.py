@@ -3,6 +3,9 @@
     python -m bench.ablation_bench [--workdir ablation_out] [--steps 500] [--seeds 0,1,2]
         [--classes 4] [--pretrain-videos 64] [--eval-videos 80] [--seconds 6]
 
+Every step is a function of `training.experiment` (the orchestrator of `avtime demo`), run in
+this process:
+
 1. `avtime synth` writes two corpora: an unlabeled pretraining corpus and a labeled evaluation
    corpus (other seed, its own train/test split). `avtime preprocess` decodes the first.
 2. `avtime train --config demo` pretrains each variant for `--steps` steps per seed, with the
@@ -27,12 +30,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from avtime.pipelines.config import IngestConfig
+from avtime.training import experiment as exp
 
 TEMPORAL = ("w_speed", "w_direction", "w_order_intra", "w_order_inter")
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -44,38 +50,28 @@ EXPERIMENT = "avtime-ablation"
 RUN_BY_DEFAULT = False  # hours on a small machine: `python -m bench ablation` runs it
 
 
-def _avtime(*argv: str, cwd: Path) -> dict[str, Any]:
-    """Run an avtime subcommand; return the JSON object of its last line (or {})."""
-    exe = str(Path(sys.executable).with_name("avtime"))
-    t0 = time.monotonic()
-    proc = subprocess.run([exe, *argv], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise RuntimeError(f"avtime {' '.join(argv[:2])} failed with {proc.returncode}")
-    print(f"  avtime {argv[0]} done in {time.monotonic() - t0:.0f} s", flush=True)
-    lines = proc.stdout.strip().splitlines()
-    try:
-        out: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        out = {}
-    return out
-
-
 def prepare(args: argparse.Namespace, work: Path) -> None:
     """Both corpora and the pretraining shards (skipped when already there)."""
-    common = ["--classes", str(args.classes), "--seconds", str(args.seconds), "--quiet"]
-    if not (work / "pretrain" / "labels.csv").exists():
-        _avtime("synth", "pretrain", "--videos", str(args.pretrain_videos), "--seed", "100",
-                "--split", "train", *common, cwd=work)  # fmt: skip
-    if not (work / "evalset" / "labels.csv").exists():
-        _avtime("synth", "evalset", "--videos", str(args.eval_videos), "--seed", "200",
-                "--test-fraction", "0.3", *common, cwd=work)  # fmt: skip
-    if not (work / "shards" / "manifest.json").exists():
-        _avtime("preprocess", "pretrain", "shards", cwd=work)
+    common = ["--classes", str(args.classes), "--seconds", str(args.seconds)]
+    corpora = (("pretrain", args.pretrain_videos, 100, ["--split", "train"]),
+               ("evalset", args.eval_videos, 200, ["--test-fraction", "0.3"]))  # fmt: skip
+    for name, videos, seed, split in corpora:
+        flags = ["--videos", str(videos), "--seed", str(seed), *common, *split]
+        synth = exp.synth_config(flags)
+        exp.timed(
+            f"  synth {name}", partial(exp.make_corpus, exp.Corpus(out=work / name, synth=synth))
+        )
+    shards = exp.Shards(
+        src=work / "pretrain", dst=work / "shards", ingest=IngestConfig(), reuse=True
+    )
+    exp.timed("  preprocess", partial(exp.make_shards, shards))
 
 
 def pretrain(args: argparse.Namespace, work: Path, variant: str, seed: int) -> dict[str, Any]:
-    """One pretraining run (cached in runs/<name>.json)."""
+    """One pretraining run (cached in runs/<name>.json): `TrainOutcome.summary()`."""
+    from avtime.training.config import load_run_config
+    from avtime.training.engine.trainer import TrainRequest
+
     name = f"abl-{variant}-s{seed}-{args.steps}"
     record = work / "runs" / f"{name}.json"
     if record.exists():
@@ -84,11 +80,11 @@ def pretrain(args: argparse.Namespace, work: Path, variant: str, seed: int) -> d
     print(f"pretraining {name}", flush=True)
     sets = [f"train.steps={args.steps}", f"train.seed={seed}", f"data.stream.seed={seed}",
             f"train.checkpoint_every={args.steps}", *VARIANTS[variant]]  # fmt: skip
-    argv = ["train", "--config", args.config, "--data", "shards", "--name", name,
-            "--workdir", str(work), "--experiment", EXPERIMENT]  # fmt: skip
-    for s in sets:
-        argv += ["--set", s]
-    out = _avtime(*argv, cwd=work)
+    req = TrainRequest(
+        cfg=load_run_config(args.config, sets), data=str(work / "shards"), name=name,
+        workdir=str(work), experiment=EXPERIMENT,
+    )  # fmt: skip
+    out = exp.timed("  train", partial(exp.pretrain, req)).summary()
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(out))
     return out
@@ -97,44 +93,15 @@ def pretrain(args: argparse.Namespace, work: Path, variant: str, seed: int) -> d
 def evaluate(
     args: argparse.Namespace, work: Path, checkpoint: str, seed: int, fingerprint: bool
 ) -> dict[str, Any]:
-    """Linear probe + retrieval (one extraction), optionally fingerprint; logged to MLflow."""
-    from avtime.pipelines.config import IngestConfig
-    from avtime.pipelines.datasets.adapters import list_dataset
-    from avtime.training.eval.clips import ClipConfig
-    from avtime.training.eval.fingerprint import FingerprintConfig, run_fingerprint
-    from avtime.training.eval.model_io import load_model
-    from avtime.training.eval.protocols import (
-        EvalContext,
-        run_action_linear,
-        run_audio,
-        run_retrieval,
-        train_test_video_features,
-    )
-    from avtime.training.tracking.eval_log import log_eval, metric_prefix
-
-    loaded = load_model(checkpoint, config=args.config, seed=seed)
-    ctx = EvalContext(
-        loaded=loaded,
-        listing=list_dataset("folder", str(work / "evalset")),
-        cache=str(work / "eval_cache"),
-        clip=ClipConfig.from_run(loaded.cfg, args.clips),
-        ingest=IngestConfig(),
-    )
-    feats = train_test_video_features(ctx, ("video", "audio"))
-    res: dict[str, Any] = {"action": run_action_linear(ctx, feats)}
-    res["retrieval"] = run_retrieval(ctx, feats)
-    res["audio"] = run_audio(ctx, feats)
-    if fingerprint:
-        fp = FingerprintConfig(distortions="mild", max_videos=args.fingerprint_videos)
-        res["fingerprint"] = run_fingerprint(ctx, fp)
-    params = {"checkpoint": checkpoint, "seed": seed, "bench": "ablation", "clips": args.clips}
-    for proto, result in res.items():
-        mode = "linear" if proto in ("action", "audio") else None
-        log_eval(
-            protocol=proto, dataset="folder", params=params, result=result,
-            parent_run_id=loaded.parent_run_id, prefix=metric_prefix(proto, "folder", None, mode),
-        )  # fmt: skip
-    return res
+    """Linear probe, retrieval and the audio linear probe (one extraction), optionally
+    fingerprint (mild distortions); each logged to MLflow as an eval run."""
+    protocols = ("action", "retrieval", "audio", *(("fingerprint",) if fingerprint else ()))
+    p = exp.Probe(
+        root=work / "evalset", cache=work / "eval_cache", config=args.config, seed=seed,
+        protocols=protocols, clips=args.clips, fingerprint_videos=args.fingerprint_videos,
+        log=True, params={"bench": "ablation"},
+    )  # fmt: skip
+    return dict(exp.probe(p, checkpoint))
 
 
 def _fmt(values: list[float]) -> str:

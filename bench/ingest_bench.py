@@ -1,17 +1,17 @@
-"""Ingest: `avtime preprocess` vs `ffmpeg -threads 1` per core (P1), RSS at 4x (P4), bytes (P5).
+"""Ingest: `avtime preprocess` vs `ffmpeg -threads 1` per core, memory at 4x the corpus, bytes.
 
     python -m bench.ingest_bench [--workdir ~/.cache/avtime/bench-ingest] [--videos 48] [--seconds 10]
         [--size 1280x720] [--src-fps 30] [--workers N]
 
 The corpus is one synthetic 720p H.264/AAC clip (`avtime synth` content) hard-linked N times
-(4N for P4), cached in the workdir. Every number comes from this one run on this machine:
-- P1: wall time of `ffmpeg -threads 1` decoding + fps filter + fast-bilinear scale of video and
+(4N for the memory figure), cached in the workdir. Every number comes from this one run on this machine:
+- speed against ffmpeg: wall time of `ffmpeg -threads 1` decoding + fps filter + fast-bilinear scale of video and
   mono resampling of audio to null outputs, one process per core, against (a) the
   `avtime preprocess` command (Ray startup included) and (b) the same job in a process whose
   Ray is already up (steady state). Also 1 vs N workers (scaling).
-- P4: peak RSS of the `avtime preprocess` process tree (driver, Ray and its workers) on the 4x
+- memory growth: peak RSS of the `avtime preprocess` process tree (driver, Ray and its workers) on the 4x
   corpus over the 1x corpus.
-- P5: shard bytes against raw uint8 RGB frames at the stored fps and size, and KB per second.
+- compression: shard bytes against raw uint8 RGB frames at the stored fps and size, and KB per second.
 - Per-frame costs of the stages on one file (decode, scale, JPEG via Pillow or PyAV's mjpeg).
 The load average is printed: on a shared machine every wall time moves with it.
 """
@@ -247,27 +247,39 @@ def _print_ratios(r: dict[str, Any]) -> None:
     ff = r.get("ffmpeg")
     for key, label in (("cli", "avtime preprocess (incl. Ray startup)"), ("steady", "steady")):
         v = None if ff is None else ff[0] / r[key]
-        row(f"P1 ffmpeg wall / {label} wall", v, "target >= 0.8", None if v is None else v >= 0.8)
+        row(
+            f"speed: ffmpeg wall / {label} wall",
+            v,
+            "target >= 0.8",
+            None if v is None else v >= 0.8,
+        )
     v = None if ff is None else ff[1] / r["cli_cpu"]
-    row("P1 ffmpeg CPU s / avtime preprocess CPU s", v, "(contention-free view)", None)
+    row("speed: ffmpeg CPU s / avtime preprocess CPU s", v, "(contention-free view)", None)
     v = None if ff is None else ff[1] / r["steady_cpu"]
-    row("P1 ffmpeg CPU s / steady CPU s", v, "(contention-free view)", None)
+    row("speed: ffmpeg CPU s / steady CPU s", v, "(contention-free view)", None)
     sc = r["scale"]
-    row(f"P1 scaling: 1 worker wall / {r['workers']} workers wall", sc, "target >= 1.8", sc >= 1.8)
+    row(f"scaling: 1 worker wall / {r['workers']} workers wall", sc, "target >= 1.8", sc >= 1.8)
     p4 = r["rss4"] / r["rss1"]
-    row("P4 peak RSS 4x corpus / 1x corpus", p4, "target <= 1.25", p4 <= 1.25)
+    row("memory growth: peak RSS 4x corpus / 1x corpus", p4, "target <= 1.25", p4 <= 1.25)
     p5 = r["p5"]["raw"] / r["p5"]["bytes"]
-    row("P5 raw uint8 frames / shard bytes", p5, "target >= 8", p5 >= 8)
+    row("compression: raw uint8 frames / shard bytes", p5, "target >= 8", p5 >= 8)
     kbps = r["p5"]["bytes"] / r["p5"]["seconds"] / 1024
     pcm = RATE * 2 / 1024
-    row("P5 shard KB per second of video", kbps, f"(raw PCM audio alone: {pcm:.1f})", None)
+    row(
+        "compression: shard KB per second of video", kbps, f"(raw PCM audio alone: {pcm:.1f})", None
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the corpora, run every measurement, print the ratios."""
     p = argparse.ArgumentParser(prog="python -m bench.ingest_bench", description=__doc__)
     p.add_argument("--workdir", default=str(Path.home() / ".cache" / "avtime" / "bench-ingest"))
-    p.add_argument("--videos", type=int, default=96, help="P1 corpus (= the P4 4x corpus)")
+    p.add_argument(
+        "--videos",
+        type=int,
+        default=96,
+        help="videos of the speed corpus (the memory figure uses 4x as many)",
+    )
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--size", default="1280x720")
     p.add_argument("--src-fps", type=int, default=30)
@@ -287,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r: dict[str, Any] = {"workers": args.workers}
     r["ffmpeg"] = ffmpeg_wall(files, args.workers, args.repeat)
     if r["ffmpeg"] is None:
-        print("ffmpeg not found: P1 needs it (apt-get install -y ffmpeg); P1 is skipped")
+        print("ffmpeg not found: the speed figure needs it (apt-get install -y ffmpeg); skipped")
     else:
         print(f"ffmpeg -threads 1, {args.workers} at a time, {len(files)} files: "
               f"{r['ffmpeg'][0]:.1f} s wall, {r['ffmpeg'][1]:.1f} CPU s", flush=True)  # fmt: skip

@@ -62,7 +62,7 @@ def _whole(path: Path) -> float:
 
 
 def ffmpeg_cost(path: Path, fps: int, short: int) -> float | None:
-    """CPU seconds per source frame of the P1 ffmpeg command on one file (best of 3)."""
+    """CPU seconds per source frame of the baseline ffmpeg command on one file (best of 3)."""
     import resource
     import shutil
     import subprocess
@@ -132,7 +132,7 @@ def stage_costs(path: Path, fps: int, short: int) -> dict[str, float]:
     costs["SegmentDecoder (all stages, audio)"] = min(_whole(path) for _ in range(3))
     ff = ffmpeg_cost(path, fps, short)
     if ff is not None:
-        costs["ffmpeg -threads 1 (the P1 baseline)"] = ff
+        costs["ffmpeg -threads 1 (the speed baseline)"] = ff
     print(f"stage costs on {path.name} ({w}x{h} out), single-threaded, source frames/CPU-s:")
     for name, sec in costs.items():
         print(f"  {name:40s} {1 / sec:8.0f} fps  ({sec * 1000:.2f} ms/frame)")

@@ -3,15 +3,19 @@
     python -m bench.learning [--label NAME] [--set KEY=VALUE ...] [--seeds 0] [--steps 1500]
         [--synth-args "--world sand"] [--workdir learning_out] [--out FILE.md] [--pretext]
 
+Not a `*_bench` module, so `python -m bench` does not run it: `python -m bench.learning` does.
+Every step is a function of `training.experiment`, the orchestrator `avtime demo` uses too.
 For each seed, one row:
-1. the real `avtime train --config demo` path on an unlabeled pretraining corpus (`avtime
+1. `avtime train --config demo` (in this process) on an unlabeled pretraining corpus (`avtime
    synth`, seed 100, cached in the workdir), with the `--set` overrides and `train.seed`;
 2. the linear probe (`avtime eval action --mode linear`: cross-validated L2, whole-video
    predictions) and retrieval R@k on a held-out labeled corpus (seed 300, never used by a test),
-   for the checkpoint and for random init of the same configuration at the same seed.
-
-3. with `--pretext`, S2: every pretext head's accuracy and audio->video R@1 on held-out shards
-   of a third corpus (24 videos, seed 301), written to `<out>-pretext.md` beside the table.
+   for the checkpoint and for random init of the same configuration at the same seed, from one
+   feature extraction each;
+3. with `--pretext`, the pretext-head accuracy on held-out videos: every pretext head's
+   accuracy and audio->video R@1 on the shards of a third corpus (24 videos, seed 301), judged
+   by the demo's learning bar (`training.experiment.LEARNING_BAR`) and written to
+   `<out>-pretext.md` beside the table.
 
 Each row is appended to a dated markdown table (default `bench/results/<today>-learning.md`)
 as soon as it ends, so every experiment lands, negative ones included. The baseline of every
@@ -30,94 +34,105 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.ablation_bench import _avtime
+from avtime.pipelines.config import IngestConfig
+from avtime.training import experiment as exp
 
 PRETRAIN_SEED, EVAL_SEED, PRETEXT_SEED = 100, 300, 301  # corpus seeds no test uses
-RUN_BY_DEFAULT = False  # a quarter hour per row: `python -m bench learning` runs it
+LEARNING_BAR = exp.LEARNING_BAR  # the demo's bar, one definition
 HEADER = (
     "| date | label | overrides | corpus | seed | steps | train min | probe top-1 (random) | "
     "margin | R@1 (random) | margin |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
+def _corpus(args: argparse.Namespace, out: Path, videos: int, seed: int, *split: str) -> None:
+    """One synthetic corpus with 4 classes and the row's `--synth-args` (cached)."""
+    flags = ["--videos", str(videos), "--seed", str(seed), "--classes", "4", "--seconds",
+             str(args.seconds), *split, *shlex.split(args.synth_args)]  # fmt: skip
+    corpus = exp.Corpus(out=out, synth=exp.synth_config(flags))
+    exp.timed(f"synth {out.name}", partial(exp.make_corpus, corpus), prefix="  ")
+
+
+def _shards(src: Path, dst: Path) -> None:
+    """Shards of a corpus at the default ingest settings (cached)."""
+    job = exp.Shards(src=src, dst=dst, ingest=IngestConfig(), reuse=True)
+    exp.timed(f"preprocess {src.name}", partial(exp.make_shards, job), prefix="  ")
+
+
 def prepare(args: argparse.Namespace, work: Path) -> None:
     """The pretraining corpus and its shards, and the labeled held-out corpus (cached)."""
-    extra = shlex.split(args.synth_args)
-    common = ["--classes", "4", "--seconds", str(args.seconds), "--quiet", *extra]
-    if not (work / "pretrain" / "labels.csv").exists():
-        _avtime("synth", "pretrain", "--videos", str(args.pretrain_videos), "--seed",
-                str(PRETRAIN_SEED), "--split", "train", *common, cwd=work)  # fmt: skip
-    if not (work / "evalset" / "labels.csv").exists():
-        _avtime("synth", "evalset", "--videos", str(args.eval_videos), "--seed", str(EVAL_SEED),
-                "--test-fraction", "0.3", *common, cwd=work)  # fmt: skip
-    if not (work / "shards" / "manifest.json").exists():
-        _avtime("preprocess", "pretrain", "shards", cwd=work)
-    if args.pretext and not (work / "heldout_shards" / "manifest.json").exists():
-        if not (work / "heldout" / "labels.csv").exists():
-            _avtime("synth", "heldout", "--videos", "24", "--seed", str(PRETEXT_SEED), *common,
-                    cwd=work)  # fmt: skip
-        _avtime("preprocess", "heldout", "heldout_shards", cwd=work)
+    _corpus(args, work / "pretrain", args.pretrain_videos, PRETRAIN_SEED, "--split", "train")
+    _corpus(args, work / "evalset", args.eval_videos, EVAL_SEED, "--test-fraction", "0.3")
+    _shards(work / "pretrain", work / "shards")
+    if args.pretext:
+        _corpus(args, work / "heldout", 24, PRETEXT_SEED)
+        _shards(work / "heldout", work / "heldout_shards")
 
 
 def pretext(work: Path, checkpoint: str) -> dict[str, Any]:
-    """S2 of one checkpoint: `avtime eval pretext` on the held-out shards (2 passes)."""
-    return _avtime("eval", "pretext", "--checkpoint", checkpoint, "--data", "heldout_shards",
-                   "--json", cwd=work)  # fmt: skip
+    """The pretext-head accuracy on held-out videos of one checkpoint (2 passes)."""
+    return exp.heldout_pretext(checkpoint, work / "heldout_shards")
 
 
 def append_pretext(path: Path, row: dict[str, Any], result: dict[str, Any]) -> None:
-    """Append one S2 row: each head's accuracy (* = under chance + 30 points) and a->v R@1."""
+    """Append one row of the pretext-head accuracy on held-out videos: each head's accuracy
+    (* = under the learning bar) and a->v R@1 over chance (* = under the bar)."""
     heads = result["heads"]
     names = sorted(heads)
+    bar = LEARNING_BAR
     if not path.exists():
         path.write_text(
-            f"# Held-out pretext heads (S2), {row['date']}\n\n`python -m bench.learning "
-            "--pretext`: `avtime eval pretext` on 24 held-out videos (seed 301, the row's synth "
-            "flags). * marks a head under chance + 30 points; the a->v bar is 5x chance.\n\n"
+            f"# Pretext-head accuracy on held-out videos, {row['date']}\n\n`python -m "
+            "bench.learning --pretext`: `avtime eval pretext` on 24 held-out videos (seed 301, the "
+            f"row's synth flags). * marks a head under chance + {100 * bar.head_points:.0f} points "
+            f"and an a->v R@1 under {bar.retrieval_x:g}x chance (the demo's learning bar).\n\n"
             f"| label | seed | {' | '.join(names)} | a->v R@1 (x chance) |\n"
             f"|---|---|{'---|' * len(names)}---|\n"
         )
-    cells = [
-        f"{heads[n]['accuracy']:.3f}{'*' if heads[n]['accuracy'] < heads[n]['chance'] + 0.3 else ''}"
-        for n in names
-    ]
+    cells = [f"{heads[n]['accuracy']:.3f}{'' if bar.head_passes(heads[n]) else '*'}" for n in names]
     r = result["retrieval_a2v"]
     with path.open("a") as f:
         f.write(
             f"| {row['label']} | {row['seed']} | {' | '.join(cells)} | {r['r1']:.3f} "
-            f"({r['x_chance']:.1f}x{'' if r['x_chance'] >= 5 else '*'}) |\n"
+            f"({r['x_chance']:.1f}x{'' if bar.retrieval_passes(r) else '*'}) |\n"
         )
 
 
 def pretrain(args: argparse.Namespace, work: Path, seed: int) -> tuple[str, float]:
-    """(checkpoint URI, wall minutes) of one `avtime train` run."""
+    """(checkpoint URI, wall minutes) of one training run of the demo preset."""
+    from avtime.training.config import load_run_config
+    from avtime.training.engine.trainer import TrainRequest
+
     sets = [f"train.steps={args.steps}", f"train.seed={seed}", f"data.stream.seed={seed}",
             f"train.checkpoint_every={args.steps}", *args.overrides]  # fmt: skip
-    name = f"learn-{args.label}-s{seed}-{args.steps}-{int(time.time())}"
-    argv = ["train", "--config", "demo", "--data", "shards", "--name", name,
-            "--workdir", str(work), "--experiment", "avtime-learning"]  # fmt: skip
-    for s in sets:
-        argv += ["--set", s]
+    req = TrainRequest(
+        cfg=load_run_config("demo", sets), data=str(work / "shards"),
+        name=f"learn-{args.label}-s{seed}-{args.steps}-{int(time.time())}",
+        workdir=str(work), experiment="avtime-learning",
+    )  # fmt: skip
     t0 = time.monotonic()
-    out = _avtime(*argv, cwd=work)
-    return str(out["checkpoint"]), (time.monotonic() - t0) / 60
+    out = exp.timed("train", partial(exp.pretrain, req), prefix="  ")
+    return out.checkpoint, (time.monotonic() - t0) / 60
 
 
-def probe(args: argparse.Namespace, work: Path, checkpoint: str, seed: int) -> dict[str, float]:
-    """Linear probe top-1 and retrieval R@1 of `checkpoint` (or random init) on the evalset."""
-    scores: dict[str, float] = {}
-    for protocol, key in (("action", "top1"), ("retrieval", "R@1")):
-        argv = ["eval", protocol, "--checkpoint", checkpoint, "--dataset", "folder", "--root",
-                "evalset", "--config", "demo", "--seed", str(seed), "--json", "--no-mlflow"]  # fmt: skip
-        if protocol == "action":
-            argv += ["--mode", "linear"]
-        for s in args.overrides if checkpoint == "random" else ():
-            argv += ["--set", s]
-        scores[protocol] = float(_avtime(*argv, cwd=work)[key])
-    return scores
+def probe_config(args: argparse.Namespace, work: Path, seed: int) -> exp.Probe:
+    """Linear probe and retrieval on the evalset; random init gets the row's overrides."""
+    return exp.Probe(
+        root=work / "evalset", cache=work / "eval_cache", config="demo",
+        overrides=tuple(args.overrides), seed=seed, protocols=("action", "retrieval"),
+    )  # fmt: skip
+
+
+def scores(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """{"action": linear probe top-1, "retrieval": R@1} of `exp.probe`'s results."""
+    return {
+        "action": float(results["action"]["top1"]),
+        "retrieval": float(results["retrieval"]["R@1"]),
+    }
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
@@ -153,7 +168,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-videos", type=int, default=200)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--workdir", default="learning_out")
-    p.add_argument("--pretext", action="store_true", help="also measure S2 on held-out shards")
+    p.add_argument(
+        "--pretext",
+        action="store_true",
+        help="also measure the pretext-head accuracy on held-out videos",
+    )
     p.add_argument(
         "--out", default="", help="results table (default bench/results/<date>-learning.md)"
     )
@@ -171,10 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         t0 = time.monotonic()
         ckpt, train_min = pretrain(args, work, seed)
+        contrast = exp.probe_against_random(probe_config(args, work, seed), ckpt)
         row = {"date": today, "label": args.label, "overrides": args.overrides,
                "synth": args.synth_args, "seed": seed, "steps": args.steps,
-               "train_min": train_min, "trained": probe(args, work, ckpt, seed),
-               "random": probe(args, work, "random", seed)}  # fmt: skip
+               "train_min": train_min, "trained": scores(contrast.trained),
+               "random": scores(contrast.random)}  # fmt: skip
         append_row(out, row)
         if args.pretext:
             append_pretext(out.with_name(out.stem + "-pretext.md"), row, pretext(work, ckpt))

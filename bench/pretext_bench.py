@@ -1,4 +1,4 @@
-"""Pretext stream (P2): examples/s/core of the sampler and the Ray Data stream vs a naive PyAV loader.
+"""Pretext stream: examples/s/core of the sampler and the Ray Data stream vs a naive PyAV loader.
 
     python -m bench.pretext_bench [--workdir ~/.cache/avtime/bench-pretext] [--videos 6]
         [--seconds 12] [--size 320x240] [--src-fps 30] [--examples 64] [--naive-examples 24]
@@ -20,7 +20,7 @@ and on this machine:
   cores, after one untimed warm-up epoch: examples per CPU-second of the driver and every Ray
   process (from /proc) after the first batch (steady state; the fixed cost of planning a
   dataset is left out), wall time to the first batch, and examples per wall second per core.
-P2 is the ratio stream / naive in examples per CPU-second (target >= 5x); the sampler alone is
+The speed-up is the ratio stream / naive in examples per CPU-second (target >= 5x); the sampler alone is
 printed too. The load average is
 printed: on a shared machine wall times move with it, CPU seconds much less.
 """
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         print(f"  {name:42s}: {r:6.1f} examples/s/core ({1000 / r:6.1f} ms CPU per example)")
     print(
-        f"  P2 (stream) = {stream_rate / naive_rate:.1f}x the naive loader "
+        f"  speed-up (stream) = {stream_rate / naive_rate:.1f}x the naive loader "
         f"({stream_rate / rate['naive_picked']:.1f}x the picked-frames variant); "
         f"sampler alone {ours_rate / naive_rate:.1f}x ({ours_rate / rate['naive_picked']:.1f}x). "
         "Target >= 5x."

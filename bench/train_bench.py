@@ -1,4 +1,4 @@
-"""Training throughput (P3): Ray Train + Ray Data against a plain PyTorch loop with a DataLoader.
+"""Training throughput: Ray Train + Ray Data against a plain PyTorch loop with a DataLoader.
 
     python -m bench.train_bench [--workdir ~/.cache/avtime/bench-train] [--config demo]
         [--steps 150] [--warmup 20] [--videos 16] [--seconds 12] [--rounds 1]
@@ -150,7 +150,7 @@ def one_round(cfg: Any, shards: str, work: Path, cpus: int, loaders: int, warmup
             f"{100 * r['data_wait_fraction']:5.1f}%   first step after {r['first_step_s']:.1f} s"
         )
     ratio = ray_side["examples_per_s"] / plain["examples_per_s"]
-    print(f"P3 throughput ratio ray/plain: {ratio:.2f}x (target >= 0.9x); "
+    print(f"throughput ratio ray/plain: {ratio:.2f}x (target >= 0.9x); "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     return ratio
 
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ratios = [one_round(cfg, shards, work, n, loaders, args.warmup) for _ in range(args.rounds)]
     if len(ratios) > 1:
-        print(f"P3 throughput ratio ray/plain over {len(ratios)} rounds: median "
+        print(f"throughput ratio ray/plain over {len(ratios)} rounds: median "
               f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}; "
               "target >= 0.9x)")  # fmt: skip
     return 0

@@ -48,3 +48,21 @@ def ray_local() -> Iterator[None]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+TIERS = ("unit", "integration", "slow")  # the markers of pyproject's [tool.pytest.ini_options]
+
+
+def untiered(items: list[pytest.Item]) -> list[str]:
+    """Node ids of the collected tests that carry none of the tier markers."""
+    return [it.nodeid for it in items if not any(it.get_closest_marker(t) for t in TIERS)]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test without a tier marker: `make test-fast` (`-m unit`) would skip it silently."""
+    missing = untiered(items)
+    if missing:
+        raise pytest.UsageError(
+            f"{len(missing)} test(s) carry no tier marker ({', '.join(TIERS)}): "
+            + ", ".join(missing[:10])
+        )

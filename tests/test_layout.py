@@ -45,6 +45,7 @@ def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
     return bad
 
 
+@pytest.mark.unit
 def test_imports_of_reads_absolute_imports(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
     src.write_text("import a.b\nfrom c import d\nfrom . import e\ndef f():\n    import g\n")

@@ -34,7 +34,8 @@ def test_parse_defaults() -> None:
 
 
 def test_pretext_rows_mark_every_head_under_the_bar(tmp_path: Path) -> None:
-    """S2 rows: a head under chance + 30 points and an a->v R@1 under 5x chance get a star."""
+    """Rows of the pretext-head accuracy on held-out videos: a head under the learning bar
+    (chance + 30 points) and an a->v R@1 under 5x chance get a star."""
     out = tmp_path / "2026-12-05-learning-pretext.md"
     row = {"date": "2026-12-05", "label": "sand", "seed": 0}
     heads = {

@@ -8,6 +8,8 @@ from torch import nn
 
 from avtime.models.momentum import KeyEncoder
 
+pytestmark = pytest.mark.unit
+
 
 def test_update_follows_the_ema_rule_and_copies_buffers() -> None:
     torch.manual_seed(0)

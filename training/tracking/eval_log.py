@@ -55,6 +55,45 @@ def metric_prefix(protocol: str, dataset: str, split: int | None, mode: str | No
     return f"{ds}.{proto}."
 
 
+def eval_params(
+    *,
+    protocol: str,
+    dataset: str,
+    root: str,
+    checkpoint: str,
+    checkpoint_uri: str | None,
+    checkpoint_step: int | None,
+    preset: str,
+    split: int | None = None,
+    mode: str = "",
+    clips_per_segment: int = 4,
+    short_side: int = 128,
+    seed: int = 0,
+    distortions: str = "",
+    model_id: str = "",
+) -> dict[str, Any]:
+    """The params of an eval run: what was evaluated (`checkpoint` as given, the folder/URI it
+    resolved to, its step and preset), on which data (`dataset`, `root`, `split` of UCF101 and
+    HMDB51, "" elsewhere) and how (protocol, `mode`, clips, decode size, seed, distortions)."""
+    return {
+        "protocol": protocol,
+        "dataset": dataset,
+        "root": root,
+        "split": split if split is not None else "",
+        "mode": mode,
+        "checkpoint": checkpoint,
+        "checkpoint_uri": checkpoint_uri,
+        "checkpoint_step": checkpoint_step,
+        "preset": preset,
+        "clips_per_segment": clips_per_segment,
+        "short_side": short_side,
+        "seed": seed,
+        "distortions": distortions,
+        "code_version": runs.code_version(),
+        "model_id": model_id,
+    }
+
+
 def _parent_experiment(client: Any, parent: str | None) -> str | None:
     if not parent:
         return None

@@ -55,6 +55,7 @@ def spectral_exponent(x: np.ndarray, rate: float, lo: float = 150.0, hi: float =
     return float(-np.polyfit(centres, power, 1)[0])
 
 
+@pytest.mark.unit
 def test_noise_bed_has_the_power_law_and_level_asked_for() -> None:
     rng = np.random.default_rng(0)
     for beta in (0.0, 0.8, 2.0):
@@ -65,6 +66,7 @@ def test_noise_bed_has_the_power_law_and_level_asked_for() -> None:
         assert spectral_exponent(bed[0], 16000) == pytest.approx(beta, abs=0.1)
 
 
+@pytest.mark.unit
 def test_sky_hue_encodes_beta_and_bad_beta_is_refused() -> None:
     for beta in np.linspace(0.0, BETA_MAX, 9):
         for u in (0.0, 0.5, 0.99):
@@ -76,6 +78,7 @@ def test_sky_hue_encodes_beta_and_bad_beta_is_refused() -> None:
         sky_color(BETA_MAX + 0.1, 0.5, 0.5)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("index", [0, 1, 2, 3])
 def test_rendered_bed_has_the_plan_beta_at_1x_and_4x(index: int) -> None:
     """The soundtrack without its objects is the bed alone: its slope is the plan's beta, and

@@ -32,6 +32,7 @@ def sand_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[di
     return out, generate_corpus(out, cfg, workers=1)
 
 
+@pytest.mark.unit
 def test_worlds_set_their_side_channels_and_flags_override() -> None:
     assert (SynthConfig().lamps, SynthConfig().ambience) == (True, True)
     assert (SynthConfig(world="sand").lamps, SynthConfig(world="sand").ambience) == (False, False)
@@ -44,6 +45,7 @@ def test_worlds_set_their_side_channels_and_flags_override() -> None:
     assert (args.world, args.lamps, args.ambience) == ("sand", None, None)
 
 
+@pytest.mark.unit
 def test_one_studio_and_one_look_but_pitch_still_varies() -> None:
     cfg = SynthConfig(videos=12, seconds=4.0, classes=4, seed=5, world="sand")
     plans = [plan_video(cfg, i, i % 4, "train", f"v{i}") for i in range(12)]
@@ -57,6 +59,7 @@ def test_one_studio_and_one_look_but_pitch_still_varies() -> None:
     assert all(p.lamps is None and not p.ambience for p in plans)
 
 
+@pytest.mark.unit
 def test_marks_only_ever_appear() -> None:
     """The marks layer darkens pointwise with time, and holds one mark per firm impact and one
     furrow per slide."""
@@ -88,6 +91,7 @@ def _floor_darkness(frame: np.ndarray, floor: int) -> float:
     return float(((150.0 - luma).clip(0) * not_object).sum())
 
 
+@pytest.mark.integration
 def test_marks_in_the_decoded_frames_order_two_moments(sand_corpus) -> None:  # type: ignore[no-untyped-def]
     """Of two frames of one video between which a mark was made, the one with darker sand is the
     later one, read from the decoded pixels alone, in at least 80 % of the pairs (87 % measured: objects and shadows resting on the marks blur the rest)."""
@@ -107,6 +111,7 @@ def test_marks_in_the_decoded_frames_order_two_moments(sand_corpus) -> None:  # 
     assert total > 100 and right / total >= 0.8, (right, total)
 
 
+@pytest.mark.integration
 def test_a_still_frame_without_objects_is_the_same_in_every_video(sand_corpus) -> None:  # type: ignore[no-untyped-def]
     """Above the marks, two videos of the same size show the same studio: the sky rows of their
     first frames differ by no more than the codec does."""

@@ -61,6 +61,22 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     assert run.data.metrics["heldout_acc_speed_video"] == pytest.approx(
         heads["speed_video"]["accuracy"]
     )
+    # The orchestrator's probe logs the trained model's eval run in the workdir's store, with
+    # the params `avtime eval` logs, nested under the training run; random init logs none.
+    evals = client.search_runs(
+        [run.info.experiment_id], filter_string="tags.`avtime.kind` = 'eval'"
+    )
+    assert len(evals) == 1
+    ev = evals[0]
+    assert ev.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"]
+    assert ev.data.params["protocol"] == "action" and ev.data.params["mode"] == "linear"
+    assert ev.data.params["root"] == str(work / "corpus/probe") and ev.data.params["code_version"]
+    assert ev.data.metrics["folder.action-linear.top1"] == pytest.approx(probe["trained"])
+    # Every step ran in this process, each announced by the command that runs it alone.
+    for step in ("synth train", "synth test", "synth probe", "preprocess train",
+                 "verify heldout", "contact sheet", "training"):  # fmt: skip
+        assert f"demo: {step} done in" in out, step
+    assert f"demo: avtime verify {work / 'shards/train'} --sample-fraction 0.25" in out
 
     # The contact sheet of what the model sees, and shards that carry the corpus labels.
     from PIL import Image

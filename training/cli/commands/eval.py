@@ -142,27 +142,6 @@ def _run_protocol(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
     return run_fingerprint(ctx, fp)
 
 
-def _params(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
-    from avtime.training.tracking.runs import code_version
-
-    return {
-        "protocol": args.protocol,
-        "dataset": args.dataset,
-        "root": args.root,
-        "split": args.split if args.dataset in ("ucf101", "hmdb51") else "",
-        "mode": getattr(args, "mode", ""),
-        "checkpoint": args.checkpoint,
-        "checkpoint_uri": ctx.loaded.resolved,
-        "checkpoint_step": ctx.loaded.step,
-        "preset": ctx.loaded.cfg.preset,
-        "clips_per_segment": args.clips,
-        "short_side": args.short_side,
-        "seed": args.seed,
-        "distortions": getattr(args, "distortions", ""),
-        "code_version": code_version(),
-    }
-
-
 def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> tuple[str, str] | None:
     """Log the eval run, linked to the checkpoint's logged model and the evaluation set;
     (run id, model id or "")."""
@@ -171,7 +150,7 @@ def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> tuple[st
     import torch
 
     from avtime.training.tracking import lineage
-    from avtime.training.tracking.eval_log import log_eval, metric_prefix
+    from avtime.training.tracking.eval_log import eval_params, log_eval, metric_prefix
     from avtime.training.tracking.runs import tracking_uri
 
     uri = tracking_uri()
@@ -184,7 +163,22 @@ def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> tuple[st
     run_id = log_eval(
         protocol=args.protocol,
         dataset=args.dataset,
-        params={**_params(args, ctx), "model_id": model_id or ""},
+        params=eval_params(
+            protocol=args.protocol,
+            dataset=args.dataset,
+            root=args.root,
+            split=split,
+            mode=getattr(args, "mode", ""),
+            checkpoint=args.checkpoint,
+            checkpoint_uri=loaded.resolved,
+            checkpoint_step=loaded.step,
+            preset=loaded.cfg.preset,
+            clips_per_segment=args.clips,
+            short_side=args.short_side,
+            seed=args.seed,
+            distortions=getattr(args, "distortions", ""),
+            model_id=model_id or "",
+        ),  # fmt: skip
         result=result,
         parent_run_id=loaded.parent_run_id,
         prefix=prefix,

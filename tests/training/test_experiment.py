@@ -1,0 +1,103 @@
+"""The orchestrator's pure parts: the learning bar, corpus flags, probe configs, eval params.
+
+The steps themselves run end to end, at smoke size, in tests/training/cli/test_demo.py."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import bench.learning
+from avtime.training import experiment as exp
+from avtime.training.cli.commands import demo
+from avtime.training.tracking.eval_log import eval_params
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_learning_bar_is_defined_once_and_shared() -> None:
+    assert demo.LEARNING_BAR is exp.LEARNING_BAR
+    assert bench.learning.LEARNING_BAR is exp.LEARNING_BAR
+    assert (exp.LEARNING_BAR.head_points, exp.LEARNING_BAR.retrieval_x) == (0.30, 5.0)
+    # No copy of the thresholds as literals beside it.
+    literal = re.compile(r"[<>]=?\s*(0\.30?|5(\.0)?)\b|\+\s*0\.30?\b")
+    for module in (demo, bench.learning):
+        assert not literal.search(inspect.getsource(module)), module.__name__
+
+
+def test_the_bar_judges_every_head_and_retrieval() -> None:
+    heads = {
+        "speed_video": {"accuracy": 0.64, "chance": 1 / 3},  # +30.7 points: passes
+        "order_av": {"accuracy": 0.62, "chance": 1 / 3},  # +28.7: misses
+    }
+    judged = exp.LEARNING_BAR.judge({"heads": heads, "retrieval_a2v": {"x_chance": 5.0}})
+    assert judged == {
+        "passed": False,
+        "heads": {"speed_video": True, "order_av": False},
+        "retrieval_a2v": True,
+    }
+    heads["order_av"]["accuracy"] = 0.9
+    low = exp.LEARNING_BAR.judge({"heads": heads, "retrieval_a2v": {"x_chance": 4.9}})
+    assert low["passed"] is False and low["retrieval_a2v"] is False
+    strict = exp.LearningBar(head_points=0.5)
+    assert not strict.head_passes(heads["speed_video"])
+
+
+def test_synth_flags_become_the_synth_config() -> None:
+    cfg = exp.synth_config(["--videos", "12", "--seed", "7", "--world", "sand", "--no-lamps",
+                            "--split", "train", "--test-fraction", "0.3"])  # fmt: skip
+    assert (cfg.videos, cfg.seed, cfg.world, cfg.lamps, cfg.split) == (
+        12,
+        7,
+        "sand",
+        False,
+        "train",
+    )
+    assert cfg.test_fraction == 0.3 and cfg.classes == 4
+    with pytest.raises(exp.StepError, match="synth"):
+        exp.synth_config(["--videos", "0"])
+
+
+def test_a_reused_corpus_is_not_written_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "labels.csv").write_text("path,label,split\n")
+    out = exp.make_corpus(exp.Corpus(out=tmp_path, synth=exp.synth_config(["--videos", "1"])))
+    assert out == exp.CorpusResult(out=tmp_path, videos=0, reused=True)
+    assert "reusing the corpus" in capsys.readouterr().out
+
+
+def test_probe_refuses_unknown_protocols_and_contrast_margins(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="protocols"):
+        exp.Probe(root=tmp_path, cache=tmp_path, protocols=("pretext",))
+    with pytest.raises(ValueError, match="protocols"):
+        exp.Probe(root=tmp_path, cache=tmp_path, protocols=())
+    c = exp.Contrast(
+        trained={"action": {"top1": 0.65}, "retrieval": {"R@1": 0.5}},
+        random={"action": {"top1": 0.45}, "retrieval": {"R@1": 0.3}},
+        chance=0.25,
+    )
+    assert c.margin() == pytest.approx(0.2) and c.margin("retrieval", "R@1") == pytest.approx(0.2)
+
+
+def test_eval_params_name_what_was_evaluated_on_what_and_how() -> None:
+    params = eval_params(
+        protocol="action", dataset="folder", root="/data/probe", checkpoint="random",
+        checkpoint_uri=None, checkpoint_step=None, preset="demo", mode="linear", seed=3,
+    )  # fmt: skip
+    assert params["split"] == "" and params["mode"] == "linear" and params["seed"] == 3
+    assert params["clips_per_segment"] == 4 and params["short_side"] == 128
+    assert params["code_version"] and params["model_id"] == ""
+    ucf = eval_params(
+        protocol="retrieval", dataset="ucf101", root="r", checkpoint="c", checkpoint_uri="c",
+        checkpoint_step=10, preset="paper", split=2,
+    )  # fmt: skip
+    assert ucf["split"] == 2 and ucf["checkpoint_step"] == 10
+
+
+def test_probe_summary_lines_format_floats_and_nested_results() -> None:
+    line = exp._summary({"top1": 0.25, "n": 4, "per": {"blur": {"R@1": 0.5}}})
+    assert line == "top1=0.2500, n=4, per={blur={R@1=0.5000}}"
