@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,22 +45,36 @@ class StepError(RuntimeError):
     """A step of the experiment failed; the message is one line for the user."""
 
 
+def _exact(value: float, count: int | None = None) -> Fraction:
+    """A measured fraction as an exact rational: `round(value * count) / count` when the
+    number of trials is known, else the nearest fraction with a denominator up to 10^6 (so
+    float noise such as 4.9999997 for 5 does not decide a bar)."""
+    if count:
+        return Fraction(round(float(value) * count), int(count))
+    return Fraction(float(value)).limit_denominator(10**6)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LearningBar:
     """What "the model learned" means on held-out pretext shards: every temporal head's
     accuracy at least `head_points` above its chance, and audio->video R@1 at least
-    `retrieval_x` times chance."""
+    `retrieval_x` times chance. Decided on exact counts, not floats."""
 
     head_points: float = 0.30
     retrieval_x: float = 5.0
 
     def head_passes(self, head: Mapping[str, Any]) -> bool:
-        """`head`: {"accuracy", "chance"} as fractions."""
-        return float(head["accuracy"]) - float(head["chance"]) >= self.head_points
+        """`head`: {"accuracy", "chance"} as fractions, and "n" (predictions) when known."""
+        margin = _exact(head["accuracy"], head.get("n")) - _exact(head["chance"])
+        return margin >= Fraction(str(self.head_points))
 
     def retrieval_passes(self, retrieval: Mapping[str, Any]) -> bool:
-        """`retrieval`: {"x_chance"}, R@1 over chance."""
-        return float(retrieval["x_chance"]) >= self.retrieval_x
+        """`retrieval`: {"r1", "chance", "n"} (or only "x_chance"), R@1 against chance."""
+        if "r1" in retrieval and float(retrieval.get("chance", 0)) > 0:
+            ratio = _exact(retrieval["r1"], retrieval.get("n")) / _exact(retrieval["chance"])
+        else:
+            ratio = _exact(retrieval["x_chance"])
+        return ratio >= Fraction(str(self.retrieval_x))
 
     def judge(self, heldout: Mapping[str, Any]) -> dict[str, Any]:
         """{"passed", "heads": {name: bool}, "retrieval_a2v": bool} of `heldout_pretext`'s
@@ -68,6 +83,31 @@ class LearningBar:
         retrieval = self.retrieval_passes(heldout["retrieval_a2v"])
         passed = all(heads.values()) and retrieval
         return {"passed": passed, "heads": heads, "retrieval_a2v": retrieval}
+
+    def report(self, heldout: Mapping[str, Any]) -> list[str]:
+        """One line per check with its figures and verdict, then a closing count."""
+        lines = []
+        for name, h in heldout["heads"].items():
+            n = int(h.get("n", 0))
+            count = f" ({round(float(h['accuracy']) * n)}/{n})" if n else ""
+            lines.append(
+                f"  {name:16s} accuracy {float(h['accuracy']):.3f}{count}, chance "
+                f"{float(h['chance']):.3f}: {100 * (float(h['accuracy']) - float(h['chance'])):+.1f} "
+                f"points (bar +{100 * self.head_points:.0f}) "
+                f"{'pass' if self.head_passes(h) else 'FAIL'}"
+            )
+        r = heldout["retrieval_a2v"]
+        x = float(r["x_chance"])
+        lines.append(
+            f"  audio->video R@1 {float(r.get('r1', 0)):.3f} = {x:.1f}x chance (bar "
+            f"{self.retrieval_x:.0f}x) {'pass' if self.retrieval_passes(r) else 'FAIL'}"
+        )
+        judged = self.judge(heldout)
+        failed = [k for k, ok in judged["heads"].items() if not ok]
+        failed += [] if judged["retrieval_a2v"] else ["audio->video R@1"]
+        total = len(judged["heads"]) + 1
+        verdict = "passed" if not failed else f"NOT passed ({', '.join(failed)})"
+        return [*lines, f"learning bar {verdict}: {total - len(failed)} of {total} checks"]
 
 
 LEARNING_BAR = LearningBar()

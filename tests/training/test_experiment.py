@@ -101,3 +101,33 @@ def test_eval_params_name_what_was_evaluated_on_what_and_how() -> None:
 def test_probe_summary_lines_format_floats_and_nested_results() -> None:
     line = exp._summary({"top1": 0.25, "n": 4, "per": {"blur": {"R@1": 0.5}}})
     assert line == "top1=0.2500, n=4, per={blur={R@1=0.5000}}"
+
+
+def test_the_bar_decides_on_exact_counts_not_floats() -> None:
+    bar = exp.LEARNING_BAR
+    # One hit in 5 queries against 25 candidates is exactly 5x chance; float32 said 4.9999997.
+    edge = {"r1": 0.2, "chance": 0.04, "x_chance": 4.9999997, "n": 5}
+    assert bar.retrieval_passes(edge)
+    assert not bar.retrieval_passes({**edge, "r1": 0.19999, "n": 0, "x_chance": 4.99975})
+    # 253 of 400 right against chance 1/3 is +29.9 points; 254 of 400 is +30.17.
+    assert not bar.head_passes({"accuracy": 253 / 400, "chance": 1 / 3, "n": 400})
+    assert bar.head_passes({"accuracy": 254 / 400, "chance": 1 / 3, "n": 400})
+    # Exactly +30 points (11 of 20 against 1/4) passes; one fewer hit does not.
+    assert bar.head_passes({"accuracy": 0.55, "chance": 0.25, "n": 20})
+    assert not bar.head_passes({"accuracy": 0.5, "chance": 0.25, "n": 20})
+
+
+def test_the_report_names_each_check_with_figures() -> None:
+    heldout = {
+        "heads": {
+            "speed_video": {"accuracy": 0.9, "chance": 0.25, "n": 400},
+            "order_audio": {"accuracy": 0.55, "chance": 1 / 3, "n": 400},
+        },
+        "retrieval_a2v": {"r1": 0.2, "chance": 0.04, "x_chance": 4.9999997, "n": 5},
+    }
+    lines = exp.LEARNING_BAR.report(heldout)
+    assert lines[0].split() == ["speed_video", "accuracy", "0.900", "(360/400),", "chance",
+                                "0.250:", "+65.0", "points", "(bar", "+30)", "pass"]  # fmt: skip
+    assert lines[1].endswith("+21.7 points (bar +30) FAIL")
+    assert lines[2] == "  audio->video R@1 0.200 = 5.0x chance (bar 5x) pass"
+    assert lines[3] == "learning bar NOT passed (order_audio): 2 of 3 checks"

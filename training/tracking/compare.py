@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avtime.pipelines.errors import UsageError
+from avtime.pipelines.storage import redact_url
 from avtime.training.tracking import lineage
 
 PARENT_TAG = "avtime.parent_run_id"
@@ -226,7 +227,11 @@ def get_experiment(client: Any, name: str) -> Any:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise CompareError(f"no experiment {name!r} in this store; experiments: {names}")
+        raise CompareError(
+            f"no experiment {name!r} in the MLflow store {redact_url(str(client.tracking_uri))} "
+            f"(experiments "
+            f"there: {names}); name another store with --tracking-uri or MLFLOW_TRACKING_URI"
+        )
     return exp
 
 

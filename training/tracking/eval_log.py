@@ -120,9 +120,12 @@ def log_eval(
     model_id: str | None = None,
     data: lineage.DatasetRef | None = None,
     device: str = "cpu",
+    experiment: str | None = None,
 ) -> str:
     """Create the eval run and log its params, `prefix`-ed metrics and linking tags; the
-    metrics are linked to logged model `model_id` and evaluation set `data` when given."""
+    metrics are linked to logged model `model_id` and evaluation set `data` when given. The run
+    goes to the training run's experiment when that run is in the store, else to `experiment`
+    (default `avtime`)."""
     from mlflow import MlflowClient
     from mlflow.entities import LoggedModelInput, Metric, Param
 
@@ -131,7 +134,7 @@ def log_eval(
     exp_id = _parent_experiment(client, parent_run_id)
     linked = exp_id is not None
     if exp_id is None:
-        exp_id = runs.experiment_id(client, uri, runs.DEFAULT_EXPERIMENT)
+        exp_id = runs.experiment_id(client, uri, experiment or runs.DEFAULT_EXPERIMENT)
     tags = {KIND_TAG: "eval", "avtime.protocol": protocol, "avtime.dataset": dataset}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id

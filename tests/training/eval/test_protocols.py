@@ -112,12 +112,21 @@ def test_action_linear_ucf101_logs_linked_run(
 
 
 def test_action_linear_hmdb51_random(
-    trees: dict[str, Path], env: Path, capsys: pytest.CaptureFixture[str]
+    trees: dict[str, Path], env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    store = f"sqlite:///{tmp_path / 'elsewhere.db'}"  # not MLFLOW_TRACKING_URI
     r = _eval(capsys, "action", "--checkpoint", "random", "--dataset", "hmdb51",
-              "--root", str(trees["hmdb51"]), "--split", "2")  # fmt: skip
+              "--root", str(trees["hmdb51"]), "--split", "2", "--tracking-uri", store,
+              "--experiment", "baselines")  # fmt: skip
     assert 0.0 <= r["top1"] <= 1.0 and r["checkpoint"] == "random"
     assert r["train_videos"] == 4 and r["test_videos"] == 2  # "unused" files are left out
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=store).get_run(r["mlflow_run_id"])
+    assert (
+        MlflowClient(tracking_uri=store).get_experiment(run.info.experiment_id).name == "baselines"
+    )
+    assert run.data.metrics["hmdb51-split2.action-linear.top1"] == pytest.approx(r["top1"])
 
 
 def test_action_finetune_folder(

@@ -192,7 +192,8 @@ def test_plot_defaults_to_the_total_loss_and_every_head_with_y_labels(
 def test_clear_errors(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["compare", "--tracking-uri", store.uri]
     assert main([*argv, "--experiment", "nope"]) == 2
-    assert "no experiment 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no experiment 'nope' in the MLflow store sqlite:///" in err and "--tracking-uri" in err
     assert main([*argv, "--experiment", EXPERIMENT, "--filter", "params.x = "]) == 2
     assert "bad --filter" in capsys.readouterr().err
     assert main([*argv, "--experiment", EXPERIMENT, "--sort", "nosuch"]) == 2

@@ -39,7 +39,20 @@ T = TypeVar("T")
 LEARNING_BAR = exp.LEARNING_BAR
 
 
+def exit_note() -> str:
+    """Why the demo exits 0 when its learning bar fails (shown in `avtime demo --help`)."""
+    bar = LEARNING_BAR
+    return (
+        "Exit status: 0 when every step ran, non-zero when one failed. The learning bar (each "
+        f"held-out pretext head at least {100 * bar.head_points:.0f} points over chance, "
+        f"audio->video R@1 at least {bar.retrieval_x:g}x chance) does not set it: the demo "
+        "preset does not clear it on every head yet (docs/notes/learning-log.md), and the "
+        "closing lines list each check with its figures and verdict."
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = f"{exit_note()} {parser.epilog or ''}".strip()
     parser.add_argument(
         "--workdir", default="demo_out", help="everything goes here (default demo_out)"
     )
@@ -180,9 +193,9 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], sheet: Path) -> N
     from avtime.training.tracking.runs import ui_command
 
     print(f"contact sheet of what the model sees: {sheet}")
-    print(f"MLflow store: {summary['tracking_uri']} (experiment {args.experiment})")
-    print(f"  open the UI: {ui_command(summary['tracking_uri'])}")
-    print(f"learning bar {'passed' if summary['learning_bar']['passed'] else 'NOT passed'}")
+    print("held-out pretext heads against the learning bar:")
+    for line in LEARNING_BAR.report(summary["heldout"]):
+        print(line)
     if "probe" in summary:
         p = summary["probe"]
         print(
@@ -190,5 +203,7 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], sheet: Path) -> N
             f"{100 * p['trained']:.1f} % against random init {100 * p['random']:.1f} % "
             f"({100 * (p['trained'] - p['random']):+.1f} points; chance {100 * p['chance']:.0f} %)"
         )
+    print(f"MLflow store: {summary['tracking_uri']} (experiment {args.experiment})")
+    print(f"  open the UI: {ui_command(summary['tracking_uri'])}")
     print(json.dumps(summary, sort_keys=True))
     sys.stdout.flush()

@@ -51,6 +51,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="linear probe L2 weight (default: chosen from 1e-3..10 by cross-validation "
                         "over whole training videos)")  # fmt: skip
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store for the eval run and for models:/ checkpoints (default: "
+                        "MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")  # fmt: skip
+    p.add_argument("--experiment", default=None,
+                   help="experiment of an eval run whose checkpoint has no training run in the "
+                        "store (default: the training run's experiment, else 'avtime')")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +110,9 @@ def _context(args: argparse.Namespace) -> Any:
     for note in listing.notes:
         print(f"eval: {note}", file=sys.stderr)
     loaded = load_model(
-        args.checkpoint, config=args.config, overrides=args.overrides, seed=args.seed
-    )
+        args.checkpoint, config=args.config, overrides=args.overrides, seed=args.seed,
+        tracking_uri=_store(args),
+    )  # fmt: skip
     return EvalContext(
         loaded=loaded,
         listing=listing,
@@ -151,9 +158,8 @@ def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> tuple[st
 
     from avtime.training.tracking import lineage
     from avtime.training.tracking.eval_log import eval_params, log_eval, metric_prefix
-    from avtime.training.tracking.runs import tracking_uri
 
-    uri = tracking_uri()
+    uri = _store(args)
     split = args.split if args.dataset in ("ucf101", "hmdb51") else None
     prefix = metric_prefix(args.protocol, args.dataset, split, getattr(args, "mode", None))
     loaded = ctx.loaded
@@ -186,8 +192,16 @@ def _log(args: argparse.Namespace, ctx: Any, result: dict[str, Any]) -> tuple[st
         model_id=model_id,
         data=lineage.eval_dataset(ctx.listing, split),
         device="cuda" if torch.cuda.is_available() else "cpu",
+        experiment=args.experiment,
     )
     return run_id, model_id or ""
+
+
+def _store(args: argparse.Namespace) -> str:
+    """The MLflow store this eval uses: `--tracking-uri`, else the default."""
+    from avtime.training.tracking.runs import tracking_uri
+
+    return str(args.tracking_uri or tracking_uri())
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -219,6 +233,10 @@ def run(args: argparse.Namespace) -> int:
     if args.protocol == "pretext":
         return int(_pretext_module().run(args) or 0)
     t0 = time.monotonic()
+    if not args.no_mlflow:
+        from avtime.training.tracking.runs import check_tracking
+
+        check_tracking(_store(args))
     ctx = _context(args)
     _ensure_ray(args.workers)
     result = _run_protocol(args, ctx)
