@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Sequence
 from types import ModuleType
 
+from avtime.pipelines import logs
 from avtime.pipelines.errors import EXIT_USAGE
 from avtime.training.cli import errors
 
@@ -35,7 +36,11 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
-EPILOG = "Any subcommand takes --debug: print the traceback of an error, not one line."
+EPILOG = (
+    "Any subcommand takes --debug (print the traceback of an error, not one line) and --verbose "
+    "(show the INFO lines and warnings of Ray, MLflow and torch, which otherwise go to "
+    "avtime.log in the workdir or the temp folder)."
+)
 
 
 def build_parser(arguments: bool = True) -> argparse.ArgumentParser:
@@ -92,11 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     code (`errors.classify`; `--debug`, anywhere on the command line, adds the traceback). This
     is the only place an error becomes an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    args, module = parse([a for a in argv if a != "--debug"])
+    debug, loud = "--debug" in argv, "--verbose" in argv
+    args, module = parse([a for a in argv if a not in ("--debug", "--verbose")])
     if args is None or module is None:
         return 0
     args.debug = debug
+    log_file = logs.default_log_file(getattr(args, "workdir", None))
+    logs.setup(log_file, show_all=loud or logs.verbose())
     bad = non_finite_options(args)
     if bad:
         print(f"avtime {args.command}: {bad} must be a finite number", file=sys.stderr)

@@ -34,6 +34,7 @@ import torch
 from avtime.models.av import AVModel
 from avtime.pipelines import storage
 from avtime.pipelines.configlib import dump_yaml, flatten, from_dict, to_dict
+from avtime.pipelines.logs import quiet_worker
 from avtime.training.config import RunConfig
 from avtime.training.engine import checkpoint
 from avtime.training.engine.step import StepState, build_step_state, unwrap
@@ -91,6 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_worker()
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     st = build_state(cfg, ray.train.torch.get_device(), world)

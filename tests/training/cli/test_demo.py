@@ -1,34 +1,61 @@
-"""`avtime demo` end to end, shrunk: synth -> preprocess -> verify -> train -> eval pretext ->
-the linear probe against random init."""
+"""`avtime demo` end to end, shrunk, as a user runs it (the real `avtime` in its own process):
+synth -> preprocess -> verify -> train -> eval pretext -> the linear probe against random init,
+with quiet output: no Ray, MLflow or torch INFO or warning lines, no worker prefixes, no colour
+codes (those go to DIR/avtime.log)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from avtime.training.cli.main import main
-
 pytestmark = pytest.mark.slow
+
+# What a library prints on its own: a logging record's level word, a Python warning, a Ray worker
+# prefix, an ANSI colour code, Ray Train's per-report dict, or a traceback.
+NOISE = re.compile(
+    r"\b(INFO|WARNING|WARN|DEBUG)\b|Warning:|\((RayTrainWorker|TrainController|MapBatches|"
+    r"MapWorker|ReadParquet|pid=)|\x1b\[|Reporting training result|Traceback|🏃|🧪"
+)
+
+
+def noise_lines(text: str) -> list[str]:
+    """The lines of `text` that a library printed rather than avtime (see NOISE)."""
+    return [line for line in text.splitlines() if NOISE.search(line)]
+
+
+def test_noise_lines_finds_what_libraries_print() -> None:
+    assert noise_lines("2026-12-07 03:00:01,123\tINFO worker.py:1 -- Started a local Ray") != []
+    assert noise_lines("(RayTrainWorker pid=123) step 3/3 | loss 7.9") != []
+    assert noise_lines("\x1b[36m(pid=9)\x1b[0m hi") != []
+    assert noise_lines("x.py:124: UserWarning: The given NumPy array is not writable") != []
+    assert noise_lines("demo: training done in 40 s\nstep 3/3 | loss 7.90 | acc speed 0.25") == []
 
 
 def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     tmp_path: Path,
-    ray_local: None,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = tmp_path / "demo"
     argv = ["demo", "--workdir", str(work), "--videos", "4", "--heldout-videos", "2"]
     argv += ["--probe-videos", "16"]
     argv += ["--seconds", "3", "--set", "train.steps=3", "--set", "train.checkpoint_every=3"]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    avtime = str(Path(sys.executable).parent / "avtime")
+    done = subprocess.run([avtime, *argv], env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
     summary = json.loads(out.strip().splitlines()[-1])
+    shown = out + done.stderr
+    assert noise_lines(shown) == [], noise_lines(shown)[:20]
+    assert (work / "avtime.log").is_file()  # where the libraries' lines went instead
+    print(f"demo at smoke size: {len(shown.splitlines())} lines on the console")
 
     probe = summary["probe"]
     assert probe["chance"] == 0.25 and 0.0 <= probe["trained"] <= 1.0
@@ -72,7 +99,7 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     assert ev.data.params["protocol"] == "action" and ev.data.params["mode"] == "linear"
     assert ev.data.params["root"] == str(work / "corpus/probe") and ev.data.params["code_version"]
     assert ev.data.metrics["folder.action-linear.top1"] == pytest.approx(probe["trained"])
-    # Every step ran in this process, each announced by the command that runs it alone.
+    # Every step ran in the demo's process, each announced by the command that runs it alone.
     for step in ("synth train", "synth test", "synth probe", "preprocess train",
                  "verify heldout", "contact sheet", "training"):  # fmt: skip
         assert f"demo: {step} done in" in out, step
