@@ -13,6 +13,7 @@ upload, which S3 publishes atomically).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -100,6 +101,20 @@ def s3_unreachable(exc: BaseException) -> str | None:
         if found:
             return str(found[0])
     return None
+
+
+_DISK_FULL = re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded|\[Errno 122\]")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when `exc`'s chain says a disk is full (ENOSPC, or a quota): as an OSError, or as
+    the text of an error raised inside a Ray task (see `s3_unreachable`)."""
+    for link in error_chain(exc):
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if _DISK_FULL.search(str(link)):
+            return True
+    return False
 
 
 def is_s3(uri: str) -> bool:

@@ -178,6 +178,12 @@ def _run_groups(
                 f"read inputs and wrote shards to {dst} ({unreachable}); once it is back, rerun "
                 "the same command to resume"
             ) from None
+        if storage.disk_full(exc):
+            raise IngestError(
+                f"no space left on the device of {dst} while the ingest tasks wrote shards "
+                "there; free some space (or pick another DST) and rerun the same command: it "
+                "resumes where it stopped"
+            ) from None
         cause = list(storage.error_chain(exc))[-1]  # what Ray's wrappers wrap
         raise IngestError(f"ingest task failed: {type(cause).__name__}: {cause}") from None
 

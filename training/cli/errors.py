@@ -17,7 +17,6 @@ crosses the process boundary as text; `storage.s3_unreachable` is the one place 
 
 from __future__ import annotations
 
-import errno
 import sys
 from collections.abc import Callable
 
@@ -123,8 +122,9 @@ def _bad_input(exc: BaseException) -> tuple[int, str] | None:
 
 def _environment(exc: BaseException) -> tuple[int, str] | None:
     """A full disk, or another OS error: the work failed (exit 1)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" at {exc.filename}" if exc.filename else ""
+    if storage.disk_full(exc):
+        name = getattr(exc, "filename", None)
+        where = f" at {name}" if name else ""
         return EXIT_FAILED, f"no space left on the device{where}; free some space and rerun"
     return None
 
