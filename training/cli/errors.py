@@ -24,7 +24,7 @@ MAX_CHARS = 600
 # Errors whose message is already written for the user (ours, and Python's own file errors).
 USER_ERRORS = (
     "ConfigError", "StorageError", "IngestError", "ListingError", "VerifyError", "LayoutError",
-    "SubmitError", "CompareError", "CheckpointError", "SampleError", "LockError",
+    "SubmitError", "CompareError", "CheckpointError", "SampleError", "LockError", "ClusterError",
 )  # fmt: skip
 S3_AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
 
