@@ -198,11 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate_all(
     args: argparse.Namespace, work: Path, ckpts: dict[tuple[str, int], str], seeds: list[int]
 ) -> dict[str, list[dict[str, Any]]]:
-    import ray
+    from avtime.pipelines.raycluster import connect
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    connect(num_cpus=4)
     results: dict[str, list[dict[str, Any]]] = {}
     for (variant, seed), ckpt in ckpts.items():
         cache = work / "runs" / f"eval-{variant}-s{seed}-{args.steps}.json"

@@ -48,14 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from avtime.pipelines.datasets.adapters import list_dataset
+    from avtime.pipelines.raycluster import connect
     from avtime.training.eval.cache import ensure_shards
     from avtime.training.eval.clips import ClipConfig
     from avtime.training.eval.features import extract_shard_features
     from avtime.training.eval.model_io import load_model
     from tests.fabricate import make_folder
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    connect(num_cpus=4)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="avtime-eval-bench-") as tmp:
         per_class = max(1, args.videos // 3)

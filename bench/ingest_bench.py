@@ -167,13 +167,12 @@ def run_cli(src: Path, dst: Path, workers: int) -> dict[str, Any]:
 
 STEADY = """
 import json, os, shutil, sys, time
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-import ray
+from avtime.pipelines.raycluster import connect
 from bench.ingest_bench import tree_cpu
 from avtime.pipelines.config import IngestConfig
 from avtime.pipelines.ingest.job import run_ingest
 src, work, counts, repeat = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
-ray.init(num_cpus=max(counts), include_dashboard=False, log_to_driver=False)
+connect(num_cpus=max(counts))
 warm = os.path.join(work, "warm_src")
 os.makedirs(warm, exist_ok=True)
 first = sorted(os.listdir(src))[0]

@@ -193,13 +193,10 @@ def run_stream(
     """(examples, wall s, wall s after the first batch, CPU s of driver + Ray processes after
     the first batch, examples after the first batch) of the
     Ray Data stream over `epochs` epochs, on a local Ray warmed up by one untimed epoch."""
-    import ray
-
     from avtime.pipelines.pretext.stream import build_pretext_dataset
+    from avtime.pipelines.raycluster import connect
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(num_cpus=n_cores, include_dashboard=False, log_to_driver=False)
+    connect(num_cpus=n_cores)
     for _ in build_pretext_dataset(str(shards), cfg, epoch=100).iter_batches(batch_size=64):
         pass  # warm-up: worker processes, imports, speed tables
     t0, cpu0 = time.perf_counter(), tree_cpu()

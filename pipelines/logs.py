@@ -73,6 +73,7 @@ def setup(log_file: Path, *, show_all: bool = False) -> None:
         old.close()
     root.handlers += [to_file, console]  # others (a test runner's) stay
     root.setLevel(logging.INFO)
+    setattr(root, "_avtime_quiet", True)  # noqa: B010 - route_library_logs acts only after setup
     logging.captureWarnings(True)  # warnings.warn -> the `py.warnings` logger -> the file
     warnings.simplefilter("default")
     route_library_logs()
@@ -82,11 +83,15 @@ def route_library_logs() -> None:
     """Send the records of `LIBRARY_LOGGERS` through the root logger's handlers (the log file)
     instead of their own console handlers. Call again after a library that configures its
     logger on import (Ray) has been imported. Does nothing under --verbose."""
-    if verbose():
+    if verbose() or not getattr(logging.getLogger(), "_avtime_quiet", False):
         return
-    for name in LIBRARY_LOGGERS:
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in LIBRARY_LOGGERS]
+    for name in {*LIBRARY_LOGGERS, *names}:
         lib = logging.getLogger(name)
-        lib.handlers = [h for h in lib.handlers if not isinstance(h, logging.StreamHandler)]
+        keep: list[logging.Handler] = [
+            h for h in lib.handlers if isinstance(h, logging.FileHandler)
+        ]
+        lib.handlers = keep  # their own files (Ray's session logs) stay; consoles go
         lib.propagate = True
 
 

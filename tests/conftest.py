@@ -41,11 +41,14 @@ def ray_local() -> Iterator[None]:
     """A local Ray cluster for one test module: 4 logical CPUs, token auth off."""
     import ray
 
+    from avtime.pipelines.raycluster import connect
+
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray, whatever the shell points at
+        connect(num_cpus=4)
     yield
     ray.shutdown()
 

@@ -16,10 +16,12 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from avtime.pipelines import schema, storage
+from avtime.pipelines import raycluster, schema, storage
 from avtime.pipelines.config import IngestConfig
 from avtime.pipelines.errors import JobError
 from avtime.pipelines.ingest.listing import InputItem, list_inputs
@@ -145,16 +147,25 @@ def _groups(
 
 
 def _init_ray(workers: int) -> None:
-    import ray
+    """Join `RAY_ADDRESS`, or start a local Ray with one logical CPU per worker."""
+    raycluster.connect(num_cpus=workers, log_to_driver=True)
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(num_cpus=workers, include_dashboard=False)
+
+@contextmanager
+def _sized(workers: int | None, cpus: float) -> Iterator[int]:
+    """Inside: a Ray that holds the tasks' CPUs; yields how many tasks run at once.
+
+    That is `workers`; by default one per local core, or on a cluster (which may start empty)
+    as many as its CPUs allow once it has grown to hold at least one task. On a cluster with an
+    autoscaler the tasks' CPUs are requested and waited for (`raycluster.grown`).
+    """
+    cluster = raycluster.on_cluster()
+    n = workers or (1 if cluster else os.cpu_count() or 1)
+    bundles = [{"CPU": cpus}] * n
+    with raycluster.grown(bundles, what="avtime preprocess", minimum=bundles[:1]) as have:
+        if workers is None and cluster:
+            n = max(1, int(have.get("CPU", 0.0) // cpus))
+        yield n
 
 
 def _run_groups(
@@ -263,7 +274,6 @@ def run_ingest(
     job share a cluster with Ray Train workers). Uses the running Ray if there is one.
     """  # fmt: skip
     t_start = time.monotonic()
-    workers = workers or os.cpu_count() or 1
     storage.check_location(src, must_exist=True)
     storage.check_location(dst, must_exist=False)
     listing = list_inputs(src, labels)
@@ -279,7 +289,7 @@ def run_ingest(
 
 
 def _run_locked(
-    dst: str, cfg: IngestConfig, items: list[InputItem], workers: int, cpus_per_task: float
+    dst: str, cfg: IngestConfig, items: list[InputItem], workers: int | None, cpus_per_task: float
 ) -> IngestResult:
     """The job's writes, done while this run holds DST's lock."""
     _check_config(dst, cfg)
@@ -290,9 +300,10 @@ def _run_locked(
     fresh: list[dict[str, Any]] = []
     if pending:
         first = max((int(m["group"]) for m in markers), default=-1) + 1
-        _init_ray(workers)
-        groups = _groups(pending, first, workers, cfg)
-        fresh = _run_groups(groups, dst, cfg, workers, cpus_per_task)
+        _init_ray(workers or os.cpu_count() or 1)
+        with _sized(workers, cpus_per_task) as tasks:
+            groups = _groups(pending, first, tasks, cfg)
+            fresh = _run_groups(groups, dst, cfg, tasks, cpus_per_task)
     res = _finish(dst, cfg, items, markers + fresh)
     res.run_video_seconds = sum(o["seconds"] for m in fresh for o in m["outcomes"])
     if not storage.is_s3(dst):

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from avtime.pipelines import storage
+from avtime.pipelines import raycluster, storage
 from avtime.pipelines.errors import EXIT_USAGE, AvtimeError
 from avtime.pipelines.schema import (
     MANIFEST_NAME,
@@ -199,14 +199,7 @@ def check_shard(
 
 def ensure_ray() -> None:
     """Join RAY_ADDRESS, or start a local Ray (token auth off, no dashboard) if none is up."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(include_dashboard=False, log_to_driver=False)
+    raycluster.connect(log_to_driver=False)
 
 
 def run_shard_checks(
@@ -221,9 +214,23 @@ def run_shard_checks(
     """The Ray Data job: one task per shard (fractional CPUs), gathered as light records."""
     if not shards:
         return LIGHT_SCHEMA.empty_table()
+    ensure_ray()
+    # on a cluster that may start empty: wait for room for one check task (more come on demand)
+    with raycluster.grown([{"CPU": cpus_per_task}], what="avtime verify"):
+        return _check_on_ray(uri, shards, expected_version, sample_fraction, seed, cpus_per_task)
+
+
+def _check_on_ray(
+    uri: str,
+    shards: list[str],
+    expected_version: int,
+    sample_fraction: float,
+    seed: int,
+    cpus_per_task: float,
+) -> pa.Table:
+    """`run_shard_checks` once Ray is up and holds a task's CPUs."""
     import ray.data
 
-    ensure_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     items = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))

@@ -20,11 +20,13 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avtime.pipelines import storage
+from avtime.pipelines import raycluster, storage
 from avtime.pipelines.config import DataConfig
 from avtime.pipelines.configlib import dump_yaml, flatten
 from avtime.training.config import RunConfig, TrainConfig
@@ -97,38 +99,47 @@ class Storage:
 
 def ensure_local_ray(min_cpus: float = 1.0) -> None:
     """Connect to `RAY_ADDRESS`, else start a local Ray with at least `min_cpus` logical CPUs."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster
     # The dashboard serves the state API, which Ray Train's placement-group cleaner polls: without
     # it, the cleaner logs "Failed to query Ray Train Controller actor state" every second.
     # Ray starts its workers at niceness 15 (`worker_niceness`); at 0 the Train worker competes
     # like a plain process, while the sampling tasks lower themselves to `data.stream.nice`.
-    ray.init(
+    raycluster.connect(
         num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
+        log_to_driver=True,
         include_dashboard=True,
-        _system_config={"worker_niceness": WORKER_NICENESS},
+        system_config={"worker_niceness": WORKER_NICENESS},
     )
 
 
-def ensure_ray(tcfg: TrainConfig) -> None:
-    """`ensure_local_ray` with room for the workers and Ray Data; check the budget."""
-    import ray
+def worker_bundles(tcfg: TrainConfig) -> list[dict[str, float]]:
+    """The resources training asks a cluster for: one bundle per Train worker, and the CPUs
+    Ray Data needs beside them (`MIN_DATA_CPUS`)."""
+    per_worker: dict[str, float] = {"CPU": tcfg.cpus_per_worker}
+    if tcfg.use_gpu:
+        per_worker["GPU"] = 1.0
+    return [dict(per_worker) for _ in range(tcfg.num_workers)] + [{"CPU": MIN_DATA_CPUS}]
 
+
+def ensure_ray(tcfg: TrainConfig) -> None:
+    """`ensure_local_ray` with room for the workers and Ray Data; check the budget now."""
     ensure_local_ray(tcfg.num_workers * tcfg.cpus_per_worker + MIN_DATA_CPUS)
-    check_resources(tcfg, ray.cluster_resources())
+    check_resources(tcfg, raycluster.cluster_resources())
+
+
+@contextmanager
+def ray_for_training(tcfg: TrainConfig) -> Iterator[dict[str, float]]:
+    """`ensure_local_ray` with room for the workers and Ray Data. On a cluster, ask its
+    autoscaler for them and wait (`raycluster.grown`); then check the budget. Inside: the
+    cluster's resources after it grew; on exit the request is withdrawn."""
+    ensure_local_ray(tcfg.num_workers * tcfg.cpus_per_worker + MIN_DATA_CPUS)
+    with raycluster.grown(worker_bundles(tcfg), what="avtime train", minimum=[]) as resources:
+        check_resources(tcfg, resources)
+        yield resources
 
 
 def cluster_cpus() -> float:
-    """Logical CPUs of the connected Ray cluster."""
-    import ray
-
-    return float(ray.cluster_resources().get("CPU", 0))
+    """Logical CPUs of the connected Ray cluster (now: call it after the cluster grew)."""
+    return float(raycluster.cluster_resources().get("CPU", 0))
 
 
 def check_resources(tcfg: TrainConfig, resources: dict[str, float]) -> None:
@@ -250,9 +261,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     t = req.cfg.train
-    per_worker: dict[str, float] = {"CPU": t.cpus_per_worker}
-    if t.use_gpu:
-        per_worker["GPU"] = 1.0
+    per_worker = worker_bundles(t)[0]
     data_cpus = max(MIN_DATA_CPUS, cluster_cpus() - t.num_workers * t.cpus_per_worker)
     return TorchTrainer(
         train_loop_per_worker,
@@ -306,7 +315,12 @@ def train(req: TrainRequest) -> TrainOutcome:
     uri = req.tracking_uri or runs.tracking_uri(req.workdir or None)
     per_epoch = examples_per_epoch(req.data, req.cfg.data)
     check_sample_rate(req.data, req.cfg)
-    ensure_ray(req.cfg.train)
+    with ray_for_training(req.cfg.train):
+        return _train_on_ray(req, uri, per_epoch)
+
+
+def _train_on_ray(req: TrainRequest, uri: str, per_epoch: int) -> TrainOutcome:
+    """`train` once Ray holds what the run needs: open the run, fit, record the models."""
     where, name = storage_for(req), run_name(req)
     run_dir = f"{where.path.rstrip('/')}/{name}"
     latest = checkpoint.find_latest(where.fs, run_dir)

@@ -24,6 +24,7 @@ from avtime.pipelines.config import IngestConfig
 from avtime.pipelines.ingest.job import run_ingest
 from avtime.pipelines.ingest.listing import InputItem
 from avtime.pipelines.ingest.worker import process_group
+from avtime.pipelines.raycluster import connect
 from tests.media import Spec, write_bytes_file, write_media
 from tests.pipelines.ingest.helpers import check_contract, read_dst, row_digests, shard_files
 from tests.servers import S3Server
@@ -40,9 +41,10 @@ def s3_ray(s3_server: S3Server) -> Iterator[S3Server]:
         for key, value in s3_server.env.items():
             mp.setenv(key, value)
         mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray, whatever the shell points at
         if ray.is_initialized():
             ray.shutdown()
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        connect(num_cpus=4)
         yield s3_server
         ray.shutdown()
 

@@ -17,6 +17,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 PROTOCOLS = ("action", "retrieval", "audio", "fingerprint")
@@ -82,18 +84,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _pretext_module().add_arguments(p)
 
 
-def _ensure_ray(workers: int | None) -> None:
-    import ray
+@contextmanager
+def _ray_for(workers: int | None) -> Iterator[None]:
+    """Join `RAY_ADDRESS` (and, on a cluster, wait for `workers` decode tasks' CPUs, one task's
+    by default), else start a local Ray with at least 4 logical CPUs."""
+    from avtime.pipelines import raycluster
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     cpus = max(4, os.cpu_count() or 1, workers or 0)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    raycluster.connect(num_cpus=cpus, log_to_driver=raycluster.on_cluster())
+    with raycluster.grown([{"CPU": 1.0}] * (workers or 1), what="avtime eval", minimum=[]):
+        yield
 
 
 def _context(args: argparse.Namespace) -> Any:
@@ -238,8 +238,8 @@ def run(args: argparse.Namespace) -> int:
 
         check_tracking(_store(args))
     ctx = _context(args)
-    _ensure_ray(args.workers)
-    result = _run_protocol(args, ctx)
+    with _ray_for(args.workers):
+        result = _run_protocol(args, ctx)
     logged = _log(args, ctx, result)
     result = {**result, "checkpoint": args.checkpoint, "dataset": args.dataset}
     if ctx.loaded.resolved and ctx.loaded.resolved != args.checkpoint:
