@@ -37,8 +37,16 @@ def marker_name(group: int) -> str:
     return f"{PROGRESS_DIR}/group-{group:05d}.json"
 
 
+class ShardWriteError(Exception):
+    """Writing or publishing a shard failed (a full disk, S3 gone): a fault of the destination,
+    never of the input being decoded, so it fails the task instead of becoming a reject."""
+
+
 class ShardWriter:
-    """Rows -> Parquet shards `part-GGGGG-PPP.parquet`, each published only when complete."""
+    """Rows -> Parquet shards `part-GGGGG-PPP.parquet`, each published only when complete.
+
+    Any failure to write is raised as `ShardWriteError` (with the original as its cause and
+    in its message, e.g. "[Errno 28] No space left on device")."""
 
     def __init__(self, dst: str, group: int, cfg: IngestConfig) -> None:
         self.dst, self.group, self.cfg = dst, group, cfg
@@ -58,7 +66,17 @@ class ShardWriter:
         self.buffer.append(row)
         room = self.cfg.rows_per_shard - self.rows_in_shard
         if len(self.buffer) >= min(self.cfg.rows_per_row_group, room):
-            self._flush()
+            self._guarded(self._flush)
+
+    def _guarded(self, write: Any) -> None:
+        try:
+            write()
+        except ShardWriteError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any write failure is the destination's
+            raise ShardWriteError(
+                f"writing a shard to {self.dst} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _flush(self) -> None:
         if not self.buffer:
@@ -87,8 +105,8 @@ class ShardWriter:
 
     def close(self) -> list[dict[str, Any]]:
         """Flush and publish what is left; return the committed shards."""
-        self._flush()
-        self._commit()
+        self._guarded(self._flush)
+        self._guarded(self._commit)
         self.cleanup()
         return self.committed
 
@@ -161,6 +179,8 @@ def ingest_one(
             out.seconds += seg.num_frames / cfg.fps
         if dec.error is not None:
             out.warning = f"{dec.error.error_type}: {dec.error.message}"
+    except ShardWriteError:
+        raise  # the destination failed, not this input: fail the task, reject nothing
     except DecodeError as exc:
         out.reject = schema.Reject(
             source=item.source, stage=exc.stage, error_type=exc.error_type, message=exc.message
