@@ -203,3 +203,66 @@ def test_search_bad_inputs_one_line_each(
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "is empty" in err
     rc, out, err = _search(capsys, "--index", s3_index, "--query", "no-such-video")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "neither a video file" in err
+
+
+def test_pyfunc_model_loads_by_alias_and_predicts_embed_rows(
+    data: dict[str, str], s3_index: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoders logged from code: `mlflow.pyfunc.load_model("models:/NAME@ALIAS")` gives
+    the embeddings `embed` wrote for the same clips; no pickle among the model's files.
+    (A sqlite store, with its artifacts under tmp_path.)"""
+    import mlflow
+    import pyarrow.parquet as pq
+
+    from avtime.pipelines.pretext.stream import shard_paths
+    from avtime.training.eval.features import SHARD_COLUMNS, sample_clips
+    from avtime.training.eval.pyfunc import log_embedder
+
+    loaded = load_model("random", config="smoke")
+    clip = ClipConfig.from_run(loaded.cfg, 2)
+    dims = {"video": loaded.model.video_dim, "audio": loaded.model.audio_dim}
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logged = log_embedder(loaded, clip, dims, name="avtime-embedder", alias="prod", uri=uri)
+    assert logged.model_uri == "models:/avtime-embedder@prod" and logged.version == 1
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(logged.model_uri)
+    inputs = {i.name for i in model.metadata.get_input_schema().inputs}
+    assert inputs == {"video", "audio"}
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".cloudpickle")]
+    batch = sample_clips(
+        pq.read_table(shard_paths(data["shards"])[0], columns=SHARD_COLUMNS), cfg=clip
+    )
+    out = model.predict({"video": batch["video"], "audio": batch["audio"]})
+    table = read_embeddings(s3_index)
+    rows = {k: i for i, k in enumerate(_keys(table))}
+    for j, key in enumerate(zip(batch["video_id"], batch["segment"], batch["clip"])):
+        i = rows[(str(key[0]), int(key[1]), int(key[2]))]
+        for mod in ("video", "audio"):
+            want = np.asarray(table[mod][i].as_py(), dtype=np.float32)
+            got = np.asarray(out[mod][j], dtype=np.float32)
+            cos = float(got @ want / np.linalg.norm(got) / np.linalg.norm(want))
+            assert cos >= 1 - 1e-5, (mod, key, cos)
+
+
+def test_embed_register_option_logs_a_loadable_model(
+    data: dict[str, str], s3_index: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`avtime embed ... --register NAME@ALIAS` on a finished DST: every part is skipped, and the
+    model it registers loads by alias and embeds a clip as the index holds it."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    argv = [*MODEL, "--data", data["shards"], "--out", s3_index, "--shards-per-part", "2"]
+    rc, out, err = _embed(capsys, *argv, "--register", "avtime-cli@candidate")
+    assert rc == 0, err
+    assert "3 of 3 parts were already written" in out
+    assert "models:/avtime-cli@candidate" in out
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/avtime-cli@candidate")
+    outputs = {o.name for o in model.metadata.get_output_schema().inputs}
+    assert outputs == {"video", "audio"}

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for --checkpoint random (repeatable)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of --checkpoint random")
+    parser.add_argument("--register", default="", metavar="NAME[@ALIAS]",
+                        help="also log the encoders as an MLflow pyfunc model registered as NAME "
+                             "(with ALIAS): mlflow.pyfunc.load_model('models:/NAME@ALIAS') "
+                             "embeds clips as this command does (store: MLFLOW_TRACKING_URI or "
+                             "./mlflow.db)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,4 +64,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"avtime embed: {exc}", file=sys.stderr)
         return 2
     print(result.summary_line(), flush=True)
+    if args.register:
+        return _register(args, req)
+    return 0
+
+
+def _register(args: argparse.Namespace, req: object) -> int:
+    """Log and register the pyfunc model (`--register NAME[@ALIAS]`); print its URI."""
+    from avtime.training.eval.clips import ClipConfig
+    from avtime.training.eval.embed import encoder_dims
+    from avtime.training.eval.model_io import load_model
+    from avtime.training.eval.pyfunc import log_embedder
+    from avtime.training.tracking.runs import tracking_uri
+
+    name, _, alias = args.register.partition("@")
+    loaded = load_model(
+        args.checkpoint, config=args.config, overrides=args.overrides, seed=args.seed
+    )
+    dims = encoder_dims(loaded.model, getattr(req, "modalities", ("video", "audio")))
+    logged = log_embedder(
+        loaded, ClipConfig.from_run(loaded.cfg, args.clips), dims, name=name, alias=alias,
+        uri=tracking_uri(),
+    )  # fmt: skip
+    print(f"embed: MLflow pyfunc model {logged.model_uri} (model {logged.model_id}, version "
+          f"{logged.version})")  # fmt: skip
     return 0
