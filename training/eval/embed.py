@@ -58,7 +58,7 @@ class EmbedRequest:
     config: str = "demo"  # preset/YAML for checkpoint "random"
     overrides: tuple[str, ...] = ()  # config overrides for "random"
     seed: int = 0
-    shards_per_part: int = 8  # input shards per committed output part
+    shards_per_part: int = 32  # input shards per committed output part
 
     def __post_init__(self) -> None:
         if not self.modalities or set(self.modalities) - {"video", "audio"}:

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="clips per encoder call")
     parser.add_argument("--actors", type=int, default=1,
                         help="encoder actors (one GPU each when the cluster has GPUs)")  # fmt: skip
-    parser.add_argument("--shards-per-part", type=int, default=8,
+    parser.add_argument("--shards-per-part", type=int, default=32,
                         help="input shards per committed output part (the unit a rerun "
                              "resumes from)")  # fmt: skip
     parser.add_argument("--config", default="demo", help="preset/YAML for --checkpoint random")
