@@ -12,6 +12,7 @@ Layout of DST (local or s3://):
     part-00000/*.parquet       the rows of input shards 0..n-1 (`shards_per_part` at a time)
     _progress/part-00000.json  the commit marker of part 0: its files, rows and segments
     _progress/lock.json        one writer per destination (pipelines.ingest.lock)
+    _shards/                   only when --data is raw videos: their decoded shards
 
 A part is committed by its marker, written after `write_parquet` returns. A rerun skips
 committed parts and deletes what an uncommitted part left behind before writing it again, so a
@@ -37,6 +38,7 @@ from avtime.training.eval.features import Encoder, ExtractConfig
 
 MANIFEST = "manifest.json"
 PROGRESS = "_progress"
+SHARDS_DIR = "_shards"  # raw videos given as --data are decoded here first
 KIND = "avtime-embeddings"
 SCHEMA_VERSION = 1
 KEY_COLUMNS = ("video_id", "source", "segment", "clip", "t_start", "t_end")
@@ -320,6 +322,35 @@ def read_embeddings(out: str, columns: Sequence[str] | None = None) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def decode_videos(req: EmbedRequest, notify: Callable[[str], None] = print) -> EmbedRequest:
+    """`req` itself when `req.data` holds preprocessed shards (a manifest.json); else `req.data`
+    is raw videos (a folder, prefix, file or CSV/JSONL listing), decoded first by the ingest job
+    (`avtime preprocess`, default settings) into DST/_shards, which a rerun resumes."""
+    from dataclasses import replace
+
+    from avtime.pipelines.config import IngestConfig
+    from avtime.pipelines.ingest.job import IngestError, run_ingest
+    from avtime.pipelines.ingest.listing import ListingError
+    from avtime.pipelines.schema import MANIFEST_NAME
+
+    if storage.exists(storage.join(req.data, MANIFEST_NAME)):
+        return req
+    shards = storage.join(req.out, SHARDS_DIR)
+    notify(f"embed: {req.data} holds no shards manifest; decoding its videos into {shards}")
+    ensure_ray()
+    try:
+        res = run_ingest(req.data, shards, IngestConfig())
+    except (IngestError, ListingError) as exc:
+        raise EmbedError(
+            f"{req.data} holds neither preprocessed shards (manifest.json) nor decodable videos: "
+            f"{exc}"
+        ) from None
+    notify(res.summary_line())
+    if res.rows == 0:
+        raise EmbedError(f"no video of {req.data} could be decoded (see {shards}/rejects.parquet)")
+    return replace(req, data=shards)
+
+
 def ensure_ray() -> None:
     """Join RAY_ADDRESS, or start a local Ray with at least 4 logical CPUs (the encoder actors
     and the clip tasks must fit at once on a small machine)."""
@@ -347,6 +378,7 @@ def embed(
 
     t0 = time.monotonic()
     ex = ex or ExtractConfig()
+    req = decode_videos(req, notify)
     loaded = load_model(req.checkpoint, config=req.config, overrides=req.overrides, seed=req.seed)
     clip = ClipConfig.from_run(loaded.cfg, req.clips_per_segment)
     dims = encoder_dims(loaded.model, req.modalities)

@@ -266,3 +266,32 @@ def test_embed_register_option_logs_a_loadable_model(
     model = mlflow.pyfunc.load_model("models:/avtime-cli@candidate")
     outputs = {o.name for o in model.metadata.get_output_schema().inputs}
     assert outputs == {"video", "audio"}
+
+
+def test_embed_raw_videos_decodes_them_first(
+    data: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--data as a folder of mp4s: decoded into DST/_shards by the ingest job, then embedded;
+    a rerun resumes both (no part written twice)."""
+    corpus = tmp_path / "two"
+    corpus.mkdir()
+    for video in sorted(Path(data["corpus"]).rglob("*.mp4"))[:2]:
+        (corpus / video.name).write_bytes(video.read_bytes())
+    out = tmp_path / "emb"
+    argv = ["--checkpoint", "random", "--config", "smoke", "--clips", "3", "--modality", "video",
+            "--data", str(corpus), "--out", str(out)]  # fmt: skip
+    rc, stdout, err = _embed(capsys, *argv)
+    assert rc == 0, err
+    assert "decoding its videos" in stdout and (out / "_shards" / "manifest.json").is_file()
+    table = read_embeddings(str(out))
+    assert table.column_names == ["video_id", "source", "segment", "clip", "t_start", "t_end",
+                                  "video"]  # fmt: skip
+    assert table.num_rows == 3 * len(set(zip(table["video_id"].to_pylist(),
+                                             table["segment"].to_pylist())))  # fmt: skip
+    assert set(Path(s).name for s in table["source"].to_pylist()) == {
+        p.name for p in corpus.iterdir()
+    }
+    rc, stdout, err = _embed(capsys, *argv)
+    assert rc == 0, err
+    assert "1 of 1 parts were already written" in stdout
+    assert read_embeddings(str(out)).num_rows == table.num_rows

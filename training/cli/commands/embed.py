@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint folder/URI, models:/<model_id>, models:/<name>@<alias>, "
                              "or 'random'")  # fmt: skip
-    parser.add_argument("--data", required=True, help="preprocessed shards: a folder or s3://...")
+    parser.add_argument("--data", required=True,
+                        help="preprocessed shards (a folder or s3://...), or raw videos (a folder, "
+                             "file or CSV/JSONL listing), decoded first into OUT/_shards")  # fmt: skip
     parser.add_argument("--out", required=True, help="destination folder or s3://... prefix")
     parser.add_argument("--modality", default="video,audio",
                         help="encoders to run: video, audio or video,audio (default)")  # fmt: skip
