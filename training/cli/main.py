@@ -32,6 +32,8 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "evaluate a checkpoint: pretext heads and the paper's transfer protocols",
     "submit": "submit an avtime command to a Ray cluster as a Ray Job",
     "compare": "compare MLflow runs: a table of differing params and metrics, and plots",
+    "embed": "write clip embeddings of preprocessed shards as Parquet (local or s3://)",
+    "search": "the nearest clips of an embed index to a query video, within or across modalities",
     "demo": "synth -> preprocess -> verify -> train -> eval on the embedded default",
 }
 

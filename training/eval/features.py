@@ -4,7 +4,8 @@ The pipeline is `read_parquet` (v1 datasource, so it streams and does not hang a
 small machines) -> `map_batches(sample_clips)` in CPU tasks -> `map_batches(Encoder)` on a pool
 of model actors (one GPU each when CUDA is present, else a fraction of a CPU). ESC-50 style audio
 files skip the shards: `audio_file_dataset` decodes them in tasks. Ray Data prints its progress
-bars while the driver collects the features into a `ClipFeatures` table.
+bars while the driver collects the features into a `ClipFeatures` table (eval); `avtime embed`
+(training/eval/embed.py) shares the pipeline up to the encoder and writes Parquet instead.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from avtime.training.eval.clips import ClipConfig, audio_window, segment_clips
+from avtime.training.eval.clips import ClipConfig, audio_window, clip_starts, segment_clips
 
 SHARD_COLUMNS = [
-    "video_id", "source", "segment", "fps", "num_frames", "width", "height", "frames", "sample_rate",
+    "video_id", "source", "segment", "start_s", "fps", "num_frames", "width", "height", "frames", "sample_rate",
     "num_samples", "audio",
 ]  # fmt: skip
 PASS_KEYS = ("video_id", "source", "segment", "clip")
@@ -64,7 +65,8 @@ def sample_clips(
         import pyarrow.compute as pc
 
         table = table.filter(pc.is_in(table["source"], value_set=pa.array(sorted(keep))))
-    out: dict[str, list[Any]] = {k: [] for k in (*PASS_KEYS, "video", "audio", "has_audio")}
+    keys = (*PASS_KEYS, "t_start", "t_end", "video", "audio", "has_audio")
+    out: dict[str, list[Any]] = {k: [] for k in keys}
     for row in table.to_pylist():
         clips = segment_clips(row, cfg)
         k = len(clips["video"])
@@ -72,15 +74,30 @@ def sample_clips(
         out["source"] += [row["source"]] * k
         out["segment"] += [int(row["segment"])] * k
         out["clip"] += list(range(k))
+        spans = clip_spans(row, cfg)
+        out["t_start"] += [a for a, _ in spans]
+        out["t_end"] += [b for _, b in spans]
         out["video"] += list(clips["video"])
         out["audio"] += list(clips["audio"])
         out["has_audio"] += list(clips["has_audio"])
     return _to_numpy(out, cfg)
 
 
+def clip_spans(row: dict[str, Any], cfg: ClipConfig) -> list[tuple[float, float]]:
+    """(start, end) in source seconds of each evaluation clip of a segment row: the stored
+    frames `segment_clips` reads (a clip longer than the segment ends with the segment)."""
+    n = len(row["frames"])
+    fps = float(row["fps"])
+    base = float(row.get("start_s") or 0.0)
+    starts = clip_starts(n, cfg.clip_frames, cfg.clips_per_segment)
+    return [(base + s / fps, base + min(s + cfg.clip_frames, n) / fps) for s in starts]
+
+
 def _to_numpy(out: dict[str, list[Any]], cfg: ClipConfig) -> dict[str, np.ndarray]:
     s, t = cfg.crop_size, cfg.clip_frames
     res = {k: np.asarray(out[k]) for k in PASS_KEYS}
+    res["t_start"] = np.asarray(out["t_start"], dtype=np.float64)
+    res["t_end"] = np.asarray(out["t_end"], dtype=np.float64)
     res["video"] = np.stack(out["video"]) if out["video"] else np.zeros((0, 3, t, s, s), np.uint8)
     res["audio"] = (
         np.stack(out["audio"]).astype(np.float32)
@@ -114,7 +131,7 @@ class Encoder:
             self.nets[name] = net.to(self.device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {k: batch[k] for k in (*PASS_KEYS, "has_audio") if k in batch}
+        out = {k: v for k, v in batch.items() if k not in ("video", "audio")}
         with torch.inference_mode(), _autocast(self.device):
             for name, net in self.nets.items():
                 if len(batch[name]) == 0:  # a block whose rows were all filtered out
@@ -146,20 +163,22 @@ def _use_gpu(ex: ExtractConfig) -> bool:
     return torch.cuda.is_available() if ex.use_gpu is None else ex.use_gpu
 
 
-def encode_dataset(
+def encode_stage(
     ds: Any,
     model: torch.nn.Module,
     model_cfg: Any,
     modalities: tuple[str, ...],
     ex: ExtractConfig,
-    expected: int | None = None,
-) -> ClipFeatures:
-    """Run the Encoder actors over a clip dataset and collect the features on the driver."""
+    encoder: type[Encoder] | None = None,
+) -> Any:
+    """The clip dataset with the encoder actors appended (lazy): one GPU per actor when CUDA is
+    there, else `cpus_per_actor` CPUs. `encoder` is the actor class (default `Encoder`; embed
+    passes a subclass that emits Arrow rows). Eval collects the result, embed writes it."""
     import ray.data
 
     gpu = _use_gpu(ex)
-    feats = ds.map_batches(
-        Encoder,
+    return ds.map_batches(
+        encoder or Encoder,
         batch_size=ex.batch_size,
         compute=ray.data.ActorPoolStrategy(size=ex.actors),
         num_cpus=None if gpu else ex.cpus_per_actor,
@@ -171,7 +190,18 @@ def encode_dataset(
             "device": "cuda" if gpu else "cpu",
         },
     )
-    return collect(feats, modalities, expected)
+
+
+def encode_dataset(
+    ds: Any,
+    model: torch.nn.Module,
+    model_cfg: Any,
+    modalities: tuple[str, ...],
+    ex: ExtractConfig,
+    expected: int | None = None,
+) -> ClipFeatures:
+    """Run the Encoder actors over a clip dataset and collect the features on the driver."""
+    return collect(encode_stage(ds, model, model_cfg, modalities, ex), modalities, expected)
 
 
 def collect(ds: Any, modalities: tuple[str, ...], expected: int | None = None) -> ClipFeatures:
@@ -207,16 +237,21 @@ def collect(ds: Any, modalities: tuple[str, ...], expected: int | None = None) -
 
 
 def shard_clip_dataset(
-    shards_uri: str, cfg: ClipConfig, ex: ExtractConfig, keep: frozenset[str] | None = None
+    shards_uri: str,
+    cfg: ClipConfig,
+    ex: ExtractConfig,
+    keep: frozenset[str] | None = None,
+    paths: list[str] | None = None,
 ) -> Any:
-    """A Ray Dataset of evaluation clips from the segment shards (sources in `keep` only)."""
+    """A Ray Dataset of evaluation clips from the segment shards (sources in `keep` only;
+    `paths`, shard URIs under `shards_uri`, reads only those shards instead of all)."""
     import ray.data
 
     from avtime.pipelines import storage
     from avtime.pipelines.pretext.stream import shard_paths
 
     ray.data.DataContext.get_current().use_datasource_v2 = False
-    paths = shard_paths(shards_uri)
+    paths = list(paths) if paths is not None else shard_paths(shards_uri)
     fs, _ = storage.arrow_filesystem(shards_uri)
     if storage.is_s3(shards_uri):
         paths = [storage.s3_path(p) for p in paths]

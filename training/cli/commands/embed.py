@@ -1,0 +1,93 @@
+"""`avtime embed`: write clip embeddings of preprocessed shards as Parquet (docs/embed.md).
+
+avtime embed --checkpoint CKPT|models:/NAME@ALIAS|random --data SHARDS --out DST
+    [--modality video,audio] [--clips 4] [--batch-size 16] [--actors 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `avtime embed`."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint folder/URI, models:/<model_id>, models:/<name>@<alias>, "
+                             "or 'random'")  # fmt: skip
+    parser.add_argument("--data", required=True,
+                        help="preprocessed shards (a folder or s3://...), or raw videos (a folder, "
+                             "file or CSV/JSONL listing), decoded first into OUT/_shards")  # fmt: skip
+    parser.add_argument("--out", required=True, help="destination folder or s3://... prefix")
+    parser.add_argument("--modality", default="video,audio",
+                        help="encoders to run: video, audio or video,audio (default)")  # fmt: skip
+    parser.add_argument("--clips", type=int, default=4,
+                        help="clips per stored segment, evenly spaced as eval cuts them")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per encoder call")
+    parser.add_argument("--actors", type=int, default=1,
+                        help="encoder actors (one GPU each when the cluster has GPUs)")  # fmt: skip
+    parser.add_argument("--shards-per-part", type=int, default=32,
+                        help="input shards per committed output part (the unit a rerun "
+                             "resumes from)")  # fmt: skip
+    parser.add_argument("--config", default="demo", help="preset/YAML for --checkpoint random")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for --checkpoint random (repeatable)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of --checkpoint random")
+    parser.add_argument("--register", default="", metavar="NAME[@ALIAS]",
+                        help="also log the encoders as an MLflow pyfunc model registered as NAME "
+                             "(with ALIAS): mlflow.pyfunc.load_model('models:/NAME@ALIAS') "
+                             "embeds clips as this command does (store: MLFLOW_TRACKING_URI or "
+                             "./mlflow.db)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed; print the summary line. 2 on bad input (one line on stderr)."""
+    from avtime.pipelines.configlib import ConfigError
+    from avtime.pipelines.storage import StorageError
+    from avtime.training.eval.embed import EmbedError, EmbedRequest, embed
+    from avtime.training.eval.features import ExtractConfig
+
+    try:
+        req = EmbedRequest(
+            checkpoint=args.checkpoint, data=args.data, out=args.out,
+            modalities=tuple(m.strip() for m in args.modality.split(",") if m.strip()),
+            clips_per_segment=args.clips, config=args.config, overrides=tuple(args.overrides),
+            seed=args.seed, shards_per_part=args.shards_per_part,
+        )  # fmt: skip
+        if args.batch_size < 1 or args.actors < 1 or args.clips < 1:
+            raise ValueError("--batch-size, --actors and --clips must be >= 1")
+        ex = ExtractConfig(batch_size=args.batch_size, actors=args.actors)
+    except ValueError as exc:
+        print(f"avtime embed: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = embed(req, ex)
+    except (EmbedError, ConfigError, FileNotFoundError, StorageError) as exc:
+        print(f"avtime embed: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary_line(), flush=True)
+    if args.register:
+        return _register(args, req)
+    return 0
+
+
+def _register(args: argparse.Namespace, req: object) -> int:
+    """Log and register the pyfunc model (`--register NAME[@ALIAS]`); print its URI."""
+    from avtime.training.eval.clips import ClipConfig
+    from avtime.training.eval.embed import encoder_dims
+    from avtime.training.eval.model_io import load_model
+    from avtime.training.eval.pyfunc import log_embedder
+    from avtime.training.tracking.runs import tracking_uri
+
+    name, _, alias = args.register.partition("@")
+    loaded = load_model(
+        args.checkpoint, config=args.config, overrides=args.overrides, seed=args.seed
+    )
+    dims = encoder_dims(loaded.model, getattr(req, "modalities", ("video", "audio")))
+    logged = log_embedder(
+        loaded, ClipConfig.from_run(loaded.cfg, args.clips), dims, name=name, alias=alias,
+        uri=tracking_uri(),
+    )  # fmt: skip
+    print(f"embed: MLflow pyfunc model {logged.model_uri} (model {logged.model_id}, version "
+          f"{logged.version})")  # fmt: skip
+    return 0
