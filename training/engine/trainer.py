@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -26,16 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avtime.pipelines import raycluster, storage
+from avtime.pipelines import logs, raycluster, storage
 from avtime.pipelines.config import DataConfig
 from avtime.pipelines.configlib import dump_yaml, flatten
+from avtime.pipelines.ingest.lock import DestinationLock
 from avtime.training.config import RunConfig, TrainConfig
-from avtime.training.engine import checkpoint
+from avtime.training.engine import budget, checkpoint
 from avtime.training.engine.loop import JobSpec, loop_config, train_loop_per_worker
 from avtime.training.tracking import lineage, runs
 
 MIN_DATA_CPUS = 0.5  # logical CPUs Ray Data needs beside the training workers
 EPOCH_MARGIN = 1  # a spare data epoch: drop_last and the equal split across workers lose rows
+RUN_LOCK = "_avtime/lock.json"  # in the run's checkpoint folder: one `avtime train` per run
+FINISH_DEADLINE_S = 5.0  # how long Ctrl-C waits for MLflow to mark the run KILLED
 WORKER_NICENESS = 0  # of a local Ray's workers (Ray's default is 15); samplers go to 19 themselves
 
 
@@ -256,7 +260,7 @@ def build_trainer(
 ) -> Any:
     """The TorchTrainer of one run."""
     from ray.data import ExecutionOptions, ExecutionResources
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
@@ -280,6 +284,8 @@ def build_trainer(
             storage_filesystem=where.fs,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints or None),
+            # Train V2's RunConfig takes it; mypy reads ray.air's RunConfig stub.
+            logging_config=LoggingConfig(log_level="INFO" if logs.verbose() else "WARNING"),  # type: ignore[call-arg]
         ),
     )
 
@@ -311,21 +317,44 @@ def open_tracking(
 
 
 def train(req: TrainRequest) -> TrainOutcome:
-    """Run (or resume) one training job to `cfg.train.steps`; see the module docstring."""
+    """Run (or resume) one training job to `cfg.train.steps`; see the module docstring.
+
+    Before Ray starts: the MLflow store answers (`check_tracking`), the data has the sample rate
+    and enough examples for one step (`budget.check_batch`), and this process holds the run's
+    lock, so a second `avtime train` on the same run stops at once naming the first.
+    """
     uri = req.tracking_uri or runs.tracking_uri(req.workdir or None)
+    runs.check_tracking(uri)
     per_epoch = examples_per_epoch(req.data, req.cfg.data)
-    check_sample_rate(req.data, req.cfg)
-    with ray_for_training(req.cfg.train):
-        return _train_on_ray(req, uri, per_epoch)
-
-
-def _train_on_ray(req: TrainRequest, uri: str, per_epoch: int) -> TrainOutcome:
-    """`train` once Ray holds what the run needs: open the run, fit, record the models."""
+    rate = check_sample_rate(req.data, req.cfg)
+    budget.check_batch(req.cfg, per_epoch, worker_memory=None, sample_rate=rate)
     where, name = storage_for(req), run_name(req)
+    with run_lock(where, name) as lock, ray_for_training(req.cfg.train) as resources:
+        memory = resources.get("memory")
+        per_worker = None if memory is None else float(memory) / max(1, req.cfg.train.num_workers)
+        budget.check_batch(req.cfg, per_epoch, worker_memory=per_worker, sample_rate=rate)
+        return _train_on_ray(req, uri, per_epoch, where, name, lock)
+
+
+def run_lock(where: Storage, name: str) -> DestinationLock:
+    """The lock of run `name` (a file in its checkpoint folder, local or S3; renewed while the
+    run lives, stale after a minute or at once when its process on this host is gone)."""
+    return DestinationLock(
+        f"{where.uri.rstrip('/')}/{name}", job="train", name=RUN_LOCK,
+        remedy="wait for it to finish, or give this run another --name",
+        notify=lambda line: print(f"avtime {line}", file=sys.stderr),
+    )  # fmt: skip
+
+
+def _train_on_ray(
+    req: TrainRequest, uri: str, per_epoch: int, where: Storage, name: str, lock: DestinationLock
+) -> TrainOutcome:
+    """`train` once Ray holds what the run needs: open the run, fit, record the models."""
     run_dir = f"{where.path.rstrip('/')}/{name}"
-    latest = checkpoint.find_latest(where.fs, run_dir)
+    latest = checkpoint.find_resumable(where.fs, run_dir, notify=_say)
     data = lineage.shards_dataset(req.data)
     run_id = open_tracking(req, uri, name, latest[1].mlflow_run_id if latest else None, data)
+    lock.describe(mlflow_run=run_id)
     job = JobSpec(
         tracking_uri=uri, run_id=run_id, examples_per_epoch=per_epoch, fit_start_unix=time.time(),
         run_name=name, checkpoint_root=where.uri_of(run_dir), dataset_name=data.name,
@@ -399,7 +428,8 @@ def _fit(trainer: Any, uri: str, run_id: str) -> Any:
         while worker.is_alive():
             worker.join(0.5)
     except KeyboardInterrupt:
-        runs.finish_run(uri, run_id, status="KILLED")
+        if not runs.finish_run(uri, run_id, status="KILLED", deadline_s=FINISH_DEADLINE_S):
+            _say(f"the MLflow run {run_id} stays RUNNING: its server did not answer in time")
         raise
     finally:
         if in_main:
@@ -408,6 +438,10 @@ def _fit(trainer: Any, uri: str, run_id: str) -> Any:
         runs.finish_run(uri, run_id, status="FAILED")
         raise box["error"]
     return box["result"]
+
+
+def _say(line: str) -> None:
+    print(f"avtime train: {line}", file=sys.stderr, flush=True)
 
 
 def _is_number(v: Any) -> bool:

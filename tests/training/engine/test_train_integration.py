@@ -412,21 +412,23 @@ def test_fit_ends_the_mlflow_run_killed_on_sigterm_and_failed_on_a_crash(tmp_pat
     assert signal.getsignal(signal.SIGTERM) == before  # restored
 
 
-def test_ctrl_c_during_a_real_run_marks_it_killed(shards: str, tmp_path: Path) -> None:
-    """SIGINT to `avtime train` once its run is logging: exit 130, one line, run KILLED."""
+def _train_proc(shards: str, tmp_path: Path, uri: str) -> Any:
+    """`avtime train` on a long run named `dup`, in a session of its own (as a terminal's job)."""
     import subprocess
     import sys
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avtime.training.cli.main", "train", "--config", "smoke",
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "avtime"), "train", "--config", "smoke",
          "--set", "train.steps=100000", "--set", "train.num_workers=1", "--data", shards,
-         "--workdir", str(tmp_path), "--experiment", "ctrl-c"],
+         "--workdir", str(tmp_path), "--experiment", "ctrl-c", "--name", "dup"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
     )  # fmt: skip
-    client = MlflowClient(tracking_uri=uri)
+
+
+def _logging_run(client: MlflowClient, proc: Any, tmp_path: Path) -> Any:
     deadline = time.monotonic() + 300
     run = None
     while run is None or "loss" not in run.data.metrics:
@@ -435,10 +437,50 @@ def test_ctrl_c_during_a_real_run_marks_it_killed(shards: str, tmp_path: Path) -
         exp = client.get_experiment_by_name("ctrl-c") if (tmp_path / "mlflow.db").exists() else None
         runs = client.search_runs([exp.experiment_id]) if exp else []
         run = runs[0] if runs else None
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err[-3000:]
+    return run
+
+
+def test_a_second_train_on_the_run_stops_and_ctrl_c_to_the_group_ends_the_first(
+    shards: str, tmp_path: Path
+) -> None:
+    """Two `avtime train --name dup`: the second stops at once naming the first (host, pid,
+    MLflow run). Then SIGINT to the first's whole process group, as a terminal's Ctrl-C sends
+    it: exit 130, one line, the run KILLED, the run lock released, no process of it left."""
+    import psutil
+    import ray  # noqa: F401 - puts Ray's vendored psutil on the path
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    first = _train_proc(shards, tmp_path, uri)
+    run = _logging_run(client, first, tmp_path)
+    second = _train_proc(shards, tmp_path, uri)
+    _, err = second.communicate(timeout=120)
+    said = [line for line in err.splitlines() if line.startswith("avtime")]
+    assert second.returncode == 1 and len(said) == 1, err[-3000:]
+    assert "is being written by another train run" in said[0]
+    assert f"pid {first.pid}" in said[0] and f"mlflow_run {run.info.run_id}" in said[0]
+    lock = tmp_path / "checkpoints" / "dup" / "_avtime" / "lock.json"
+    assert json.loads(lock.read_text())["pid"] == first.pid  # the second left it alone
+    family = [first.pid, *(p.pid for p in psutil.Process(first.pid).children(recursive=True))]
+    started = time.monotonic()
+    os.killpg(first.pid, signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    print(f"Ctrl-C to the process group: exit {first.returncode} after "
+          f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    assert first.returncode == 130, err[-3000:]
     assert [line for line in err.splitlines() if line.startswith("avtime")] == [
         "avtime train: interrupted"
     ]
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert not lock.exists()
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 60
+    while (alive := [p for p in family if running(p)]) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert not alive, [psutil.Process(p).cmdline()[:3] for p in alive if running(p)]
