@@ -157,13 +157,16 @@ def synth_config(flags: Sequence[str]) -> SynthConfig:
 
 def make_corpus(c: Corpus) -> CorpusResult:
     """Write the corpus, or reuse the one at `c.out` when its labels.csv exists."""
+    from avtime.pipelines.progress import ProgressBar
     from avtime.pipelines.synth.corpus import generate_corpus
 
     if (c.out / "labels.csv").is_file():
         print(f"reusing the corpus in {c.out}", flush=True)
         return CorpusResult(out=c.out, videos=0, reused=True)
     t0 = time.monotonic()
-    metas = generate_corpus(c.out, c.synth, workers=c.workers)
+    bar = ProgressBar(c.synth.videos, label=f"synth {c.out.name}", unit="videos")
+    metas = generate_corpus(c.out, c.synth, workers=c.workers, on_progress=lambda _m: bar.update())
+    bar.close()
     elapsed = max(time.monotonic() - t0, 1e-9)
     seconds = sum(m["duration_s"] for m in metas)
     print(

@@ -25,7 +25,7 @@ from avtime.training.cli import errors
 
 SUBCOMMANDS: dict[str, str] = {
     "synth": "write a synthetic audio-visual corpus of real mp4 files",
-    "preprocess": "decode videos into Arrow segment shards (Ray Data), local or s3://",
+    "preprocess": "decode videos into Parquet segment shards (Ray Data), local or s3://",
     "verify": "check preprocessed shards: decode, audio/video alignment, tiling, counts",
     "sample": "draw pretext examples from shards and save what the model sees",
     "train": "pretrain with Ray Train, tracked in MLflow",
@@ -34,7 +34,7 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "compare MLflow runs: a table of differing params and metrics, and plots",
     "embed": "write clip embeddings of preprocessed shards as Parquet (local or s3://)",
     "search": "the nearest clips of an embed index to a query video, within or across modalities",
-    "demo": "synth -> preprocess -> verify -> train -> eval on the embedded default",
+    "demo": "the whole pipeline on a synthetic corpus it makes, in one folder: synth, preprocess, verify, train, eval",
 }
 
 
