@@ -88,10 +88,11 @@ def evaluate_pretext(
     """
     import torch
 
-    from avtime.pipelines.pretext.stream import build_pretext_dataset
+    from avtime.pipelines.pretext.stream import build_pretext_dataset, shard_paths
     from avtime.training.engine.trainer import ensure_local_ray
     from avtime.training.eval.model_io import load_model
 
+    shard_paths(data)  # a missing or damaged manifest is one line before Ray starts
     loaded = load_model(checkpoint)
     model, cfg = loaded.model.eval(), loaded.cfg
     ensure_local_ray()

@@ -40,6 +40,14 @@ def _shards(tmp: Path, part: bytes | None) -> Path:
     return ds
 
 
+def _manifest_without_path(tmp: Path) -> Path:
+    ds = _shards(tmp, b"x")
+    doc = json.loads((ds / "manifest.json").read_text())
+    doc["shards"] = [{"rows": 3}]
+    (ds / "manifest.json").write_text(json.dumps(doc))
+    return ds
+
+
 def _folder_with_videos(tmp: Path, labels: str) -> list[str]:
     (tmp / "v").mkdir()
     for name in ("a.mp4", "b.mp4"):
@@ -56,9 +64,31 @@ def _bad_checkpoint(tmp: Path) -> list[str]:
     (ck / "meta.json").write_text(json.dumps(meta))
     (ck / "state.pt").write_bytes(os.urandom(999))
     (ck / "config.yaml").write_text("preset: demo\n")
+    return _bad_checkpoint_args(tmp)
+
+
+def _mismatched_checkpoint(tmp: Path) -> list[str]:
+    """A checkpoint whose config.yaml describes another model than its weights (wider
+    embeddings), and a dataset for `eval action`."""
+    from dataclasses import replace
+
+    from avtime.pipelines.configlib import dump_yaml
+    from avtime.training.config import load_run_config
+    from avtime.training.engine import checkpoint as ckpt
+    from avtime.training.eval.model_io import build_model
+
+    cfg = load_run_config("smoke")
+    wider = replace(cfg, model=replace(cfg.model, embed_dim=2 * cfg.model.embed_dim))
+    meta = ckpt.CheckpointMeta(step=1, data_epoch=0, examples_seen=0, mlflow_run_id="r")
+    ckpt.save(tmp / "ck", meta, {"model": build_model(cfg).state_dict()}, dump_yaml(wider))
+    return _bad_checkpoint_args(tmp)
+
+
+def _bad_checkpoint_args(tmp: Path) -> list[str]:
     (tmp / "root").mkdir()
     (tmp / "root" / "labels.csv").write_text("path,label,split\na.mp4,x,train\nb.mp4,y,test\n")
-    return ["eval", "action", "--checkpoint", "ck", "--dataset", "folder", "--root", "root"]
+    return ["eval", "action", "--checkpoint", "ck", "--dataset", "folder", "--root", "root",
+            "--no-mlflow"]  # fmt: skip
 
 
 def _write(name: str, data: bytes) -> Callable[[Path], None]:
@@ -142,6 +172,36 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
         lambda tmp: _folder_with_videos(tmp, "path,label\nzzz.mp4,x\n"),
         ("labels.csv", "no row matches", "2 inputs"),
     ),
+    "labels that give one path two splits": (
+        lambda tmp: _folder_with_videos(tmp, "path,label,split\na.mp4,x,train\na.mp4,x,test\n"),
+        ("a.mp4 is listed twice", "split='train'", "split='test'"),
+    ),
+    "train on a manifest entry without a path": (
+        lambda tmp: ["train", "--config", "smoke", "--data", str(_manifest_without_path(tmp))],
+        ("manifest.json", "shard entry 0", "has no 'path'"),
+    ),
+    "eval pretext on a manifest entry without a path": (
+        lambda tmp: [
+            "eval",
+            "pretext",
+            "--checkpoint",
+            "ck",
+            "--data",
+            str(_manifest_without_path(tmp)),
+        ],  # fmt: skip
+        ("manifest.json", "shard entry 0", "has no 'path'"),
+    ),
+    "eval on a checkpoint whose config does not match its weights": (
+        _mismatched_checkpoint,
+        ("ck/state.pt does not match the model", "config.yaml", "shapes differ"),
+    ),
+    "train when the MLflow server does not answer": (
+        lambda tmp: ["train", "--config", "smoke", "--data", str(_shards(tmp, None))],
+        ("cannot reach the MLflow server at http://127.0.0.1:9", "MLFLOW_TRACKING_URI"),
+    ),
+}
+CASE_ENV = {
+    "train when the MLflow server does not answer": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
 }
 S3_DOWN = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
            "AWS_SECRET_ACCESS_KEY": "s"}  # fmt: skip
@@ -152,7 +212,9 @@ S3_DOWN = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
 def test_one_line_and_non_zero_exit(case: str, tmp_path: Path) -> None:
     setup, words = CASES[case]
     argv = setup(tmp_path)
-    code, err = run_cli(argv, tmp_path, S3_DOWN)
+    started = time.monotonic()
+    code, err = run_cli(argv, tmp_path, {**S3_DOWN, **CASE_ENV.get(case, {})})
+    print(f"{case}: exit {code} after {time.monotonic() - started:.1f} s: {err.strip()[:300]}")
     lines = err.strip().splitlines()
     assert code != 0, err
     assert len(lines) == 1, err[-3000:]

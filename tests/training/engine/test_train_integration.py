@@ -352,6 +352,49 @@ def test_killed_worker_restarts_from_checkpoint_in_the_same_mlflow_run(
     assert {str(m.status) for m in models} == {"READY"}
 
 
+def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(
+    shards: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checkpoints at steps 2 and 4; state.pt of step 4 cut in half (a full disk); the same
+    command with more steps says so in one line and resumes from step 2 in the same MLflow run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["train", "--config", "smoke", "--data", shards, "--workdir", str(tmp_path),
+            "--name", "cut", "--set", "train.checkpoint_every=2", "--set", "train.num_workers=1"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        assert main([*argv, "--set", "train.steps=4"]) == 0
+        state = tmp_path / "checkpoints" / "cut" / checkpoint.dir_name(4) / checkpoint.STATE_FILE
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        capsys.readouterr()
+        assert main([*argv, "--set", "train.steps=6"]) == 0
+    err = capsys.readouterr().err
+    assert f"avtime train: checkpoint {state.parent} is unreadable (" in err, err[-3000:]
+    assert f"resuming from {state.parent.parent / checkpoint.dir_name(2)} (step 2)" in err
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("avtime").experiment_id])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")] == [2]
+    assert run.info.status == "FINISHED" and _metric_steps(client, run.info.run_id, "loss")[-1] == 6
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_ray(shards: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "avtime"), "train", "--config", "smoke", "--data",
+         shards, "--workdir", str(tmp_path), "--set", "data.stream.batch_size=100000"],
+        capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )  # fmt: skip
+    print(f"oversized batch: exit {done.returncode} after {time.monotonic() - started:.1f} s")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "one optimiser step takes 200000 examples" in lines[0], lines[0]
+    assert "lower data.stream.batch_size" in lines[0]
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_local_ray_runs_workers_at_niceness_zero_and_samplers_lower_themselves() -> None:
     """The Ray `avtime train` starts (no RAY_ADDRESS) gives its workers, the Train worker among
     them, niceness 0 rather than Ray's 15; a sampling task still drops to `data.stream.nice`.
