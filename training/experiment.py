@@ -387,24 +387,13 @@ def probe(p: Probe, checkpoint: str) -> dict[str, dict[str, Any]]:
     if "fingerprint" in p.protocols:
         fp = FingerprintConfig(distortions="mild", max_videos=p.fingerprint_videos, seed=p.seed)
         out["fingerprint"] = dict(run_fingerprint(ctx, fp))
+    from avtime.training.tracking.eval_log import summary_line
+
     for proto, result in out.items():
-        print(f"eval {proto} on folder ({checkpoint}): {_summary(result)}", flush=True)
+        print(f"eval {proto} on folder ({checkpoint}): {summary_line(result)}", flush=True)
         if p.log:
             _log_probe(p, ctx, proto, result)
     return out
-
-
-def _summary(result: Mapping[str, Any]) -> str:
-    """`key=value, ...`: floats to 4 places, nested results in braces."""
-    parts = []
-    for key, value in result.items():
-        if isinstance(value, float):
-            parts.append(f"{key}={value:.4f}")
-        elif isinstance(value, Mapping):
-            parts.append(f"{key}={{{_summary(value)}}}")
-        else:
-            parts.append(f"{key}={value}")
-    return ", ".join(parts)
 
 
 def _log_probe(p: Probe, ctx: Any, protocol: str, result: Mapping[str, Any]) -> str:

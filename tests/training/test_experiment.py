@@ -99,7 +99,9 @@ def test_eval_params_name_what_was_evaluated_on_what_and_how() -> None:
 
 
 def test_probe_summary_lines_format_floats_and_nested_results() -> None:
-    line = exp._summary({"top1": 0.25, "n": 4, "per": {"blur": {"R@1": 0.5}}})
+    from avtime.training.tracking.eval_log import summary_line
+
+    line = summary_line({"top1": 0.25, "n": 4, "per": {"blur": {"R@1": 0.5}}})
     assert line == "top1=0.2500, n=4, per={blur={R@1=0.5000}}"
 
 

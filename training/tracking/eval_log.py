@@ -160,3 +160,17 @@ def log_eval(
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in items])
     client.set_terminated(run_id)
     return run_id
+
+
+def summary_line(result: Mapping[str, Any]) -> str:
+    """`key=value, ...` of an eval result: floats to 4 places, nested results (per distortion,
+    random init's beside them) in braces. What `avtime eval` and the orchestrator print."""
+    parts = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4f}")
+        elif isinstance(value, Mapping):
+            parts.append(f"{key}={{{summary_line(value)}}}")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)

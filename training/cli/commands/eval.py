@@ -204,20 +204,6 @@ def _store(args: argparse.Namespace) -> str:
     return str(args.tracking_uri or tracking_uri())
 
 
-def _summary(result: dict[str, Any]) -> str:
-    """`key=value, ...` with floats to 4 places and nested dicts (e.g. per distortion, and
-    random init's beside them) in braces."""
-    parts = []
-    for key, value in result.items():
-        if isinstance(value, float):
-            parts.append(f"{key}={value:.4f}")
-        elif isinstance(value, dict):
-            parts.append(f"{key}={{{_summary(value)}}}")
-        else:
-            parts.append(f"{key}={value}")
-    return ", ".join(parts)
-
-
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -251,7 +237,9 @@ def run(args: argparse.Namespace) -> int:
         if logged[1]:
             result["model_id"] = logged[1]
     result["seconds"] = round(time.monotonic() - t0, 1)
-    print(f"eval {args.protocol} on {args.dataset}: {_summary(result)}")
+    from avtime.training.tracking.eval_log import summary_line
+
+    print(f"eval {args.protocol} on {args.dataset}: {summary_line(result)}")
     if args.json:
         print(json.dumps(_clean(result), sort_keys=True))
     return 0
