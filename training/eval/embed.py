@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from avtime.pipelines import storage
+from avtime.pipelines.errors import UsageError
 from avtime.training.eval.clips import ClipConfig
 from avtime.training.eval.features import Encoder, ExtractConfig
 
@@ -44,8 +45,8 @@ SCHEMA_VERSION = 1
 KEY_COLUMNS = ("video_id", "source", "segment", "clip", "t_start", "t_end")
 
 
-class EmbedError(ValueError):
-    """A problem the user can act on (one line)."""
+class EmbedError(UsageError):
+    """A problem the user can act on (one line, exit 2)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -119,7 +119,9 @@ class Encoder:
     def __init__(self, model_cfg: Any, state: bytes, modalities: tuple[str, ...], device: str):
         from avtime.models.audio import AudioEncoder
         from avtime.models.video import build_video_encoder
+        from avtime.pipelines.logs import quiet_worker
 
+        quiet_worker()
         torch.set_num_threads(1)
         sd = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
         self.device = torch.device(device)
@@ -138,7 +140,9 @@ class Encoder:
                     dim = int(net.out_dim)  # type: ignore[arg-type]
                     out[f"feat_{name}"] = np.zeros((0, dim), dtype=np.float32)
                     continue
-                x = torch.from_numpy(np.ascontiguousarray(batch[name])).to(self.device)
+                # Arrow hands over read-only arrays; torch wants writable ones
+                x = torch.from_numpy(np.require(batch[name], requirements=("C", "W")))
+                x = x.to(self.device)
                 out[f"feat_{name}"] = net(x).float().cpu().numpy()
         return out
 
@@ -189,6 +193,9 @@ def encode_stage(
             "modalities": modalities,
             "device": "cuda" if gpu else "cpu",
         },
+        # Its constructor's weights live in the object store: Ray would warn that a restart can
+        # fail once they are gone, so a failed actor fails the job (it is rerun whole) instead.
+        max_restarts=0,
     )
 
 

@@ -273,7 +273,7 @@ def test_s3_dying_mid_job_is_named_in_one_line(
     dst = f"{s3_server.bucket('avtime-out')}/outage"
     proc = subprocess.Popen(
         [sys.executable, "-m", "avtime.training.cli.main", "preprocess", f"{s3_src}/videos", dst,
-         "--workers", "1"],
+         "--workers", "1", "--verbose"],  # --verbose: Ray Data's "Starting execution" line
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     lines: list[str] = []

@@ -365,23 +365,30 @@ def test_c_a_lost_node_is_replaced_and_training_resumes(
     steps, every = 16, 4
     fs = s3_server.filesystem()
     killed: dict[str, int] = {}
+    done = threading.Event()
 
-    def kill_after_first_checkpoint(line: str) -> None:
-        if killed or "Reporting training result" not in line:
-            return
-        if not any("step_" in p for p in _listing(fs, f"{BUCKET}/checkpoints/lost")):
-            return
-        pid = _raylet_of_a_training_node(cluster)
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)  # the node's raylet dies, as on a lost VM
-            killed["pid"] = pid
+    def kill_after_first_checkpoint() -> None:
+        """Once the run's first checkpoint is on S3, SIGKILL the raylet of a node that runs a
+        Train worker, as a lost VM would end it."""
+        while not done.wait(1.0):
+            if not any("step_" in p for p in _listing(fs, f"{BUCKET}/checkpoints/lost")):
+                continue
+            pid = _raylet_of_a_training_node(cluster)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
 
-    job = submit(
-        cluster, s3_server.env,
-        *_train_args(shards[1], mlflow_server.uri, "lost", f"train.steps={steps}",
-                     f"train.checkpoint_every={every}"),
-        on_line=kill_after_first_checkpoint,
-    )  # fmt: skip
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    try:
+        job = submit(
+            cluster, s3_server.env,
+            *_train_args(shards[1], mlflow_server.uri, "lost", f"train.steps={steps}",
+                         f"train.checkpoint_every={every}"),
+        )  # fmt: skip
+    finally:
+        done.set()
     assert killed, "training ended before a node could be killed"
     assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-2000:]
     names = [p.rsplit("/", 1)[-1] for p in _listing(fs, f"{BUCKET}/checkpoints/lost")]

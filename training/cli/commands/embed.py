@@ -7,7 +7,6 @@ avtime embed --checkpoint CKPT|models:/NAME@ALIAS|random --data SHARDS --out DST
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,29 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed; print the summary line. 2 on bad input (one line on stderr)."""
-    from avtime.pipelines.configlib import ConfigError
-    from avtime.pipelines.storage import StorageError
-    from avtime.training.eval.embed import EmbedError, EmbedRequest, embed
+    from avtime.pipelines.errors import UsageError
+    from avtime.training.eval.embed import EmbedRequest, embed
     from avtime.training.eval.features import ExtractConfig
 
-    try:
-        req = EmbedRequest(
-            checkpoint=args.checkpoint, data=args.data, out=args.out,
-            modalities=tuple(m.strip() for m in args.modality.split(",") if m.strip()),
-            clips_per_segment=args.clips, config=args.config, overrides=tuple(args.overrides),
-            seed=args.seed, shards_per_part=args.shards_per_part,
-        )  # fmt: skip
-        if args.batch_size < 1 or args.actors < 1 or args.clips < 1:
-            raise ValueError("--batch-size, --actors and --clips must be >= 1")
-        ex = ExtractConfig(batch_size=args.batch_size, actors=args.actors)
-    except ValueError as exc:
-        print(f"avtime embed: {exc}", file=sys.stderr)
-        return 2
-    try:
-        result = embed(req, ex)
-    except (EmbedError, ConfigError, FileNotFoundError, StorageError) as exc:
-        print(f"avtime embed: {exc}", file=sys.stderr)
-        return 2
+    if args.batch_size < 1 or args.actors < 1 or args.clips < 1:
+        raise UsageError("--batch-size, --actors and --clips must be >= 1")
+    req = EmbedRequest(
+        checkpoint=args.checkpoint, data=args.data, out=args.out,
+        modalities=tuple(m.strip() for m in args.modality.split(",") if m.strip()),
+        clips_per_segment=args.clips, config=args.config, overrides=tuple(args.overrides),
+        seed=args.seed, shards_per_part=args.shards_per_part,
+    )  # fmt: skip
+    result = embed(req, ExtractConfig(batch_size=args.batch_size, actors=args.actors))
     print(result.summary_line(), flush=True)
     if args.register:
         return _register(args, req)

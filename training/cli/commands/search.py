@@ -7,7 +7,6 @@ avtime search --index DST --query VIDEO|VIDEO_ID[/SEGMENT] [--from audio --to vi
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,26 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Search and print one line per neighbour: rank, cosine, source, segment/clip, time span."""
-    from avtime.pipelines.configlib import ConfigError
-    from avtime.pipelines.storage import StorageError
-    from avtime.training.eval.embed import EmbedError
     from avtime.training.eval.search import SearchRequest, plot_search, search
 
-    try:
-        req = SearchRequest(
-            index=args.index, query=args.query, from_modality=args.from_modality,
-            to_modality=args.to_modality or args.from_modality, k=args.k,
-        )  # fmt: skip
-    except ValueError as exc:
-        print(f"avtime search: {exc}", file=sys.stderr)
-        return 2
-    try:
-        result = search(req)
-        if args.png:
-            plot_search(result, req, args.png)
-    except (EmbedError, ConfigError, FileNotFoundError, StorageError) as exc:
-        print(f"avtime search: {exc}", file=sys.stderr)
-        return 2
+    req = SearchRequest(
+        index=args.index, query=args.query, from_modality=args.from_modality,
+        to_modality=args.to_modality or args.from_modality, k=args.k,
+    )  # fmt: skip
+    result = search(req)
+    if args.png:
+        plot_search(result, req, args.png)
     print(
         f"search: {len(result.query.feats)} {req.from_modality} clips of {result.query.what} -> "
         f"{req.to_modality}, top {len(result.hits)} of {result.searched} clips in {req.index}"
