@@ -483,9 +483,18 @@ def render_models(cmp: Comparison) -> list[str]:
     return out
 
 
+_SCORE = re.compile(r"(^|[._-])(top\d+|accuracy|acc|map|mAP|R@\d+|recall\S*|x_chance)$")
+
+
+def is_score(metric: str) -> bool:
+    """Whether an evaluation metric is a score to plot (top-1, accuracy, R@k, mAP), not a count
+    or a setting logged beside it (`test_videos`, `num_classes`, `l2`)."""
+    return bool(_SCORE.search(metric))
+
+
 def model_eval_metrics(cmp: Comparison) -> list[str]:
-    """The evaluation metrics logged against the rows' checkpoints (at most MAX_DEFAULT_METRICS)."""
-    names = sorted({k for r in cmp.rows for m in r.models for k in m.evals})
+    """The evaluation scores logged against the rows' checkpoints (at most MAX_DEFAULT_METRICS)."""
+    names = sorted({k for r in cmp.rows for m in r.models for k in m.evals if is_score(k)})
     return names[:MAX_DEFAULT_METRICS]
 
 
@@ -530,16 +539,12 @@ def _plot_panel(client: Any, ax: Any, cmp: Comparison, metric: str, of_checkpoin
                 (m.step, m.value) for m in client.get_metric_history(row.run_id, metric)
             )
         if points:
-            ax.plot(
-                *zip(*points),
-                "o-" if of_checkpoints else "-",
-                label=f"{row.name} ({row.run_id[:8]})",
-            )
+            style = "o-" if of_checkpoints or len(points) < 20 else "-"
+            ax.plot(*zip(*points), style, markersize=3, label=f"{row.name} ({row.run_id[:8]})")
             curves += 1
     better = "lower" if lower_is_better(metric) else "higher"
-    ax.set_title(
-        f"{'evaluation of checkpoints: ' if of_checkpoints else ''}{metric} ({better} is better)"
-    )
+    what = "checkpoints' evaluation" if of_checkpoints else "training"
+    ax.set_title(f"{metric}\n({what}; {better} is better)", fontsize="medium")
     ax.set_xlabel("checkpoint step" if of_checkpoints else "step")
     ax.set_ylabel(y_label(metric))
     ax.grid(alpha=0.3)

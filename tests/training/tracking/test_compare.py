@@ -173,6 +173,11 @@ def test_plot_defaults_to_the_total_loss_and_every_head_with_y_labels(
     assert compare.y_label("acc_video_speed") == "accuracy (fraction correct)"
     assert compare.y_label("ucf101-split1.action-linear.top1") == "accuracy (fraction correct)"
     assert compare.y_label("loss/nce_va") == "loss"
+    # checkpoint evaluations: scores are plotted, the counts and settings logged beside them not
+    assert compare.is_score("ucf101-split1.action-linear.top1")
+    assert compare.is_score("vggsound.fingerprint.blur.mAP")
+    assert not compare.is_score("folder.action-linear.test_videos")
+    assert not compare.is_score("folder.action-linear.l2")
     client = _client(store.uri)
     cmp = compare.build_comparison(client, EXPERIMENT)
     assert cmp.metrics == ["acc/video_speed", "loss"] and cmp.plot_metrics == (
