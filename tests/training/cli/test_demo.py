@@ -99,6 +99,10 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     assert ev.data.params["protocol"] == "action" and ev.data.params["mode"] == "linear"
     assert ev.data.params["root"] == str(work / "corpus/probe") and ev.data.params["code_version"]
     assert ev.data.metrics["folder.action-linear.top1"] == pytest.approx(probe["trained"])
+    # ... and linked to the final checkpoint's logged model, whose page lists the evaluation
+    assert ev.data.tags["avtime.model_id"] == summary["model_id"] != ""
+    evaluated = client.get_logged_model(summary["model_id"]).metrics
+    assert any(m.key == "folder.action-linear.top1" for m in evaluated)
     # Every step ran in the demo's process, each announced by the command that runs it alone.
     for step in ("synth train", "synth test", "synth probe", "preprocess train",
                  "verify heldout", "contact sheet", "training"):  # fmt: skip
