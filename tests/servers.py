@@ -172,15 +172,19 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 def start_mlflow(
-    workdir: Path, timeout: float = 90.0, allowed_hosts: str | None = None
+    workdir: Path,
+    timeout: float = 90.0,
+    allowed_hosts: str | None = None,
+    port: int | None = None,
 ) -> MlflowServer:
     """Start `mlflow server --workers 1` with sqlite + local artifacts; wait for /health.
 
     `allowed_hosts` is passed as `--allowed-hosts` (the Host headers the server answers; MLflow's
-    default, localhost and private IPs, when None).
+    default, localhost and private IPs, when None). `port`: a free one when None (a given port
+    lets a test restart a server where its clients look for it).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     cmd = [
         str(Path(sys.executable).parent / "mlflow"), "server",
         "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",

@@ -20,6 +20,7 @@ from avtime.training.engine import step as engine
 from avtime.training.engine.loop import build_state, step_config
 from avtime.training.engine.loop import train_step as loop_train_step
 from bench import gpu_check
+from tests.training.engine.test_step import blocker
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,16 +99,7 @@ import json, runpy, sys
 sys.meta_path[:] = [f for f in sys.meta_path
                     if not getattr(f, "__module__", "").startswith("__editable__")]
 sys.path[:] = [p for p in sys.path if "__editable__" not in p]
-BLOCKED = {BLOCKED!r}
-
-class Block:
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-            raise ModuleNotFoundError(f"blocked: {{name}}", name=name)
-        return None
-
-sys.meta_path.insert(0, Block)
+{blocker(BLOCKED)}
 sys.argv = ["gpu_check", "--cpu-smoke", "--out", sys.argv[1]]
 try:
     runpy.run_module("bench.gpu_check", run_name="__main__", alter_sys=True)

@@ -59,9 +59,11 @@ def tiny_batch(b: int = 4, seed: int = 0, t: int = 4, s: int = 32, n: int = 1600
     }  # fmt: skip
 
 
-CHILD = f"""
-import json, sys
-BLOCKED = {BLOCKED!r}
+def blocker(blocked: tuple[str, ...]) -> str:
+    """Child-process source (after `import sys`) that makes every import of a `blocked` module,
+    or of one below it, fail: the GPU machine has no Ray, PyAV or MLflow."""
+    return f"""
+BLOCKED = {blocked!r}
 
 class Block:
     @staticmethod
@@ -71,6 +73,15 @@ class Block:
         return None
 
 sys.meta_path.insert(0, Block)
+"""
+
+
+CHILD = (
+    """
+import json, sys
+"""
+    + blocker(BLOCKED)
+    + """
 import torch
 from avtime.training.engine.step import build_step_state, train_step
 from tests.training.engine.test_step import TINY, tiny_batch
@@ -79,9 +90,10 @@ before = [p.detach().clone() for p in st.model.parameters()]
 terms = train_step(st, [tiny_batch(seed=1), tiny_batch(seed=2)])
 moved = any(not torch.equal(a, b) for a, b in zip(before, st.model.parameters()))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "av", "mlflow", "yaml"))
-print(json.dumps({{"terms": terms, "moved": moved, "step": st.step, "loaded": loaded,
-                   "vv": st.queue.count("vv"), "va": st.queue.count("va_audio")}}))
+print(json.dumps({"terms": terms, "moved": moved, "step": st.step, "loaded": loaded,
+                   "vv": st.queue.count("vv"), "va": st.queue.count("va_audio")}))
 """
+)
 
 
 def test_one_real_step_runs_without_ray_pyav_mlflow() -> None:

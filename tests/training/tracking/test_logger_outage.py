@@ -7,14 +7,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from avtime.training.tracking import runs
-from tests.servers import free_port, wait_http
+from tests.servers import free_port, start_mlflow
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -28,16 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 def _serve(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", str(workdir / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    out = subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health", 240.0, proc)
-    return proc
+    """A real `mlflow server` on `port`, its store in `workdir` (so a restart finds the runs)."""
+    return start_mlflow(workdir, timeout=240.0, port=port).proc
 
 
 def test_a_dead_server_never_blocks_logging_and_the_metrics_arrive_later(tmp_path: Path) -> None:
