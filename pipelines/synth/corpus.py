@@ -41,6 +41,7 @@ from avtime.pipelines import storage
 from avtime.pipelines.synth import groundtruth as gt
 from avtime.pipelines.synth.ambience import AMBIENCE_RMS, LOW_HZ, QUIET_RMS
 from avtime.pipelines.synth.avwrite import write_av
+from avtime.pipelines.synth.even import even_object, level_of
 from avtime.pipelines.synth.lamps import LAMP_HALF, draw_lamps
 from avtime.pipelines.synth.render import render_audio, render_frames
 from avtime.pipelines.synth.sand import marks_of, studio_palette, uniform_object
@@ -71,7 +72,7 @@ __all__ = [
     "video_meta",
 ]
 
-WORLDS = ("dusk", "sand")  # docs/synth.md, "Worlds"
+WORLDS = ("dusk", "sand", "even")  # docs/synth.md, "Worlds"
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = (
     (192, 144),
@@ -96,7 +97,7 @@ class SynthConfig:
     sample_rates: tuple[int, ...] = (44100, 48000)
     max_objects: int = 3  # objects on screen at once: 1..max_objects per video
     ground_truth: bool = False  # frame-index code in the pixels, time code in the audio
-    world: Literal["dusk", "sand"] = "dusk"  # see docs/synth.md, "Worlds"
+    world: Literal["dusk", "sand", "even"] = "dusk"  # see docs/synth.md, "Worlds"
     lamps: bool | None = None  # dusk lamps (pipelines.synth.lamps); None: on in the dusk world
     ambience: bool | None = None  # sky-coloured noise bed; None: on in the dusk world
     test_fraction: float = 0.2  # per class, this fraction goes to split "test"
@@ -177,8 +178,8 @@ def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name:
         ambience=bool(cfg.ambience),
         world=cfg.world,
     )
-    sand = cfg.world == "sand"
-    plan.palette = studio_palette() if sand else draw_palette(rng, plan.aspect)
+    studio = cfg.world in ("sand", "even")  # one studio, one object look
+    plan.palette = studio_palette() if studio else draw_palette(rng, plan.aspect)
     n_objects = int(rng.integers(1, cfg.max_objects + 1))
     plan.episodes = draw_episodes(
         rng,
@@ -186,7 +187,7 @@ def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name:
         n_objects,
         plan.duration_s,
         plan.aspect,
-        uniform_object if sand else None,
+        {"sand": uniform_object, "even": even_object}.get(cfg.world),
     )
     if cfg.lamps:
         plan.lamps = draw_lamps(np.random.default_rng(lamp_seq), plan.duration_s, plan.aspect)
@@ -269,6 +270,7 @@ def video_meta(plan: VideoPlan, cfg: SynthConfig, path: str) -> dict[str, Any]:
         "ambience": _ambience_meta(plan),
         "world": plan.world,
         "marks": _marks_meta(plan),
+        "sound_level_rms": level_of(plan.audio_seed) if plan.world == "even" else None,
     }
 
 

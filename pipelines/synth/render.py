@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from avtime.pipelines.synth import even
 from avtime.pipelines.synth import groundtruth as gt
 from avtime.pipelines.synth.ambience import AMBIENCE_RMS, QUIET_RMS, noise_bed
 from avtime.pipelines.synth.lamps import FLASH_COLOR, FLASH_LIFE, LAMP_HALF, lamp_tones
@@ -116,6 +117,9 @@ class _Renderer:
         scene = img[: plan.floor_px]  # every effect and object stays above the floor line
         self._lamps(scene, t)
         draw_marks(scene, self.marks, t, self.scale)
+        if plan.world == "even":  # the drying sand: the ground strip lightens with time
+            img[plan.floor_px :] = even.ground_color(t)
+            img[plan.floor_px : plan.floor_px + max(1, plan.height // 96)] *= 0.6
         active = np.nonzero((self.eff_t0 <= t) & (t < self.eff_t0 + self.eff_life))[0]
         for k in active:
             if self.effects[k][2] != "poof":
@@ -254,19 +258,31 @@ def _pan(x: float, aspect: float) -> tuple[float, float]:
 
 
 def impact_sound(
-    rng: np.random.Generator, obj: SceneObject, ev: Event, sample_rate: int, num_samples: int
+    rng: np.random.Generator,
+    obj: SceneObject,
+    ev: Event,
+    sample_rate: int,
+    num_samples: int,
+    *,
+    drying: bool = False,
 ) -> tuple[int, np.ndarray]:
-    """(first sample, mono wave float32) of one impact, cut to the file's length."""
+    """(first sample, mono wave float32) of one impact, cut to the file's length.
+
+    `drying` (the `even` world): the ring time and the partials' balance follow the sand's
+    dryness at the impact's time (`pipelines.synth.even`) instead of the object alone.
+    """
     sr = sample_rate
+    ring = even.ring_time(obj.decay_s, ev.t) if drying else obj.decay_s
     j0 = int(math.ceil(ev.t * sr))  # first sample at or after the impact
-    lo, hi = max(j0, 0), min(j0 + int(5 * obj.decay_s * sr), num_samples)
+    lo, hi = max(j0, 0), min(j0 + int(5 * ring * sr), num_samples)
     if hi <= lo:
         return lo, np.zeros(0, np.float32)
     tau = (np.arange(lo, hi, dtype=np.float64) / sr - ev.t).astype(np.float32)
     wave = np.zeros(hi - lo, np.float32)
     for k, (ratio, amp) in enumerate(PARTIALS):
         fk = obj.pitch_hz * ratio
-        decay = obj.decay_s / (1 + 0.8 * k)  # higher partials die out sooner
+        decay = ring / (1 + 0.8 * k)  # higher partials die out sooner
+        amp = amp * even.partial_gain(k, ev.t) if drying else amp
         m = min(int(5 * decay * sr), hi - lo)
         phase = rng.uniform(0, 2 * np.pi)
         if fk > 0.45 * sr or m <= 0:
@@ -308,6 +324,26 @@ def _ambience(plan: VideoPlan, rng: np.random.Generator) -> np.ndarray:
     return noise_bed(rng, beta, plan.sample_rate, plan.num_samples, rms)
 
 
+def _events(plan: VideoPlan, rng: np.random.Generator) -> np.ndarray:
+    """The impacts' and scrapes' mix [2, num_samples] float64, each panned by its position
+    (the `even` world: no scrapes, and impacts ring as the drying sand says)."""
+    sr, n, drying = plan.sample_rate, plan.num_samples, plan.world == "even"
+    out = np.zeros((2, n), np.float64)
+    for ep in plan.episodes:
+        sounds = [
+            (ev.x, impact_sound(rng, ep.obj, ev, sr, n, drying=drying))
+            for ev in ep.events
+            if ev.kind == "impact"
+        ]
+        if not drying:
+            sounds += [(sc[3], scrape_sound(rng, sc, sr, n)) for sc in ep.scrapes]
+        for x, (lo, wave) in sounds:
+            gl, gr = _pan(x, plan.aspect)
+            out[0, lo : lo + len(wave)] += gl * wave
+            out[1, lo : lo + len(wave)] += gr * wave
+    return out
+
+
 def render_audio(plan: VideoPlan) -> np.ndarray:
     """Stereo float32 [2, num_samples] in [-1, 1]."""
     rng = np.random.default_rng(plan.audio_seed)
@@ -315,15 +351,10 @@ def render_audio(plan: VideoPlan) -> np.ndarray:
     out = np.zeros((2, n), np.float64)
     out += _ambience(plan, rng)
     gain = EVENT_GAIN_WITH_CODE if plan.ground_truth else 1.0
-    for ep in plan.episodes:
-        sounds = [
-            (ev.x, impact_sound(rng, ep.obj, ev, sr, n)) for ev in ep.events if ev.kind == "impact"
-        ]
-        sounds += [(sc[3], scrape_sound(rng, sc, sr, n)) for sc in ep.scrapes]
-        for x, (lo, wave) in sounds:
-            gl, gr = _pan(x, plan.aspect)
-            out[0, lo : lo + len(wave)] += (gain * gl) * wave
-            out[1, lo : lo + len(wave)] += (gain * gr) * wave
+    events = _events(plan, rng)
+    if plan.world == "even":  # one level distribution for every class
+        events = even.set_level(events, even.level_of(plan.audio_seed))
+    out += gain * events
     if plan.lamps is not None and not plan.ground_truth:  # the tones would blur the time code
         out += lamp_tones(plan.lamps, sr, n)[None, :]
     if plan.ground_truth:

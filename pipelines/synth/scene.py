@@ -118,7 +118,7 @@ class VideoPlan:
     lamps: LampSet | None = None  # dusk lamps (pipelines.synth.lamps); None = none
     ambience: bool = True  # the sky-coloured noise bed (pipelines.synth.ambience); else pink floor
     audio_seed: int = 0
-    world: str = "dusk"  # "sand": one studio, one object look, marks in the floor (synth.sand)
+    world: str = "dusk"  # "sand": one studio, one look, marks (synth.sand); "even": synth.even
 
     @property
     def duration_s(self) -> float:

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=6.0, help="mean video length (default 6)")
     parser.add_argument(
-        "--world", choices=("sand", "dusk"), default="sand",
+        "--world", choices=("sand", "dusk", "even"), default="sand",
         help="the synthetic world (docs/synth.md, 'Worlds'; default sand)",
     )  # fmt: skip
     parser.add_argument(

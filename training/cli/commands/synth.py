@@ -42,10 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--world",
-        choices=("dusk", "sand"),
+        choices=("dusk", "sand", "even"),
         default="dusk",
         help="dusk: varied scenes ordered by lamps; sand: one studio, one object look, marks "
-        "in the floor order the clips (docs/synth.md, 'Worlds'; default dusk)",
+        "in the floor order the clips; even: sand without the still-frame and sound-level cues "
+        "to the class, drying sand orders the clips (docs/synth.md, 'Worlds'; default dusk)",
     )
     parser.add_argument(
         "--lamps",
