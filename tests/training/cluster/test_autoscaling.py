@@ -336,30 +336,40 @@ def _parent(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+_ALIVE_TRAIN_WORKERS = """
+import json
+from ray.util.state import list_actors
+actors = list_actors(address=ADDRESS, detail=True, filters=[
+    ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+print(json.dumps([a.pid for a in actors]))
+"""
+
+
 def _raylet_of_a_training_node(cluster: Cluster) -> int | None:
-    """The PID of the raylet whose node runs a Ray Train worker (a worker node: the head offers
-    no CPUs); None if there is none. Worker processes are the raylet's children."""
+    """The PID of the raylet whose node runs one of the live Ray Train workers (a worker node:
+    the head offers no CPUs); None if there is none yet. The live workers come from Ray's state
+    API, so a process left from an earlier job is never taken; a worker is its raylet's child."""
+    out = subprocess.run(
+        [str(BIN / "python"), "-c", _ALIVE_TRAIN_WORKERS.replace("ADDRESS", repr(cluster.dashboard))],
+        env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if out.returncode != 0:
+        return None
     raylets = {
         pid for pid in own_pids(cluster.temp_dir)
         if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"raylet")
     }  # fmt: skip
-    for entry in Path("/proc").iterdir():
+    for pid in json.loads(out.stdout.strip().splitlines()[-1]):
         try:
-            if entry.name.isdigit() and b"RayTrainWorker" in (entry / "cmdline").read_bytes():
-                parent = _parent(int(entry.name))
-                if parent in raylets:
-                    return parent
+            parent = _parent(int(pid))
         except (OSError, ValueError, IndexError):
             continue
+        if parent in raylets:
+            return parent
     return None
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("AVTIME_NODE_KILL_TEST"),
-    reason="passes on its own (pytest -k test_c with AVTIME_NODE_KILL_TEST=1: resumes at step 4), "
-    "but failed after (a), (b) and (d) in one module run; gated until that is understood",
-)
 def test_c_a_lost_node_is_replaced_and_training_resumes(
     cluster: Cluster,
     shards,
