@@ -3,8 +3,9 @@
 A video shows 1-3 objects at a time, each a short *episode*: the object enters from off-screen,
 moves under one physics shared by the whole corpus (gravity, damped bounces, friction:
 `pipelines.synth.scene`), and leaves the frame or comes to rest and vanishes in a puff of smoke.
-The class of a video is its *motion class* (how objects are launched, how fast, how bouncy): it
-can't be read from one still frame, only from motion over time and from the sounds tied to it.
+The class of a video is its *motion class* (how objects are launched, how fast, how bouncy). How
+much of it one still frame or the sound's level shows depends on the world (docs/synth.md,
+"Worlds": in `sand` much of it, in `even` as little as the world could be made to show).
 Appearance, background, launch side, frame rate, size, duration and sample rate are nuisances
 drawn independently of the class. Impacts sound at their exact time and draw effects that run
 one way in time (`pipelines.synth.render`), so playback speed and the arrow of time can be read
