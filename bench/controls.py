@@ -46,7 +46,7 @@ from bench.stats import Accuracy, accuracy
 CONTROLS = ("still frame", "sound level", "both")
 SILENCE_DB = -160.0
 N_FFT, HOP = 2048, 1024
-CS = tuple(float(c) for c in np.logspace(-4, 2, 7))  # the C grid of the cross-validation
+CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # the C grid of the cross-validation
 
 
 @dataclass(frozen=True, kw_only=True)
