@@ -5,8 +5,10 @@ these functions; each step takes a frozen config (or a path) and returns a typed
 what it did as `avtime <command>` would, and raises `StepError` (one line for the user) when it
 fails:
 
-    make_corpus(Corpus)            a synthetic corpus of mp4s (reused when its labels.csv exists)
+    make_corpus(Corpus)            a synthetic corpus of mp4s (reused when its synth.json holds
+                                   the same config, else rebuilt)
     make_shards(Shards)            `avtime preprocess`: Arrow segment shards -> IngestResult
+                                   (rebuilt when older than their corpus)
     check_shards(path, fraction)   `avtime verify` -> VerifyReport
     contact_sheet(SheetRequest)    `avtime sample --png`: what the model sees
     pretrain(TrainRequest)         `avtime train` -> TrainOutcome
@@ -155,14 +157,45 @@ def synth_config(flags: Sequence[str]) -> SynthConfig:
         raise StepError(f"synth: {exc}") from exc
 
 
+SYNTH_OUTPUTS = ("labels.csv", "synth.json", "videos", "meta")  # what `avtime synth` writes
+
+
+def corpus_mismatch(out: Path, cfg: SynthConfig) -> str | None:
+    """None when the finished corpus at `out` was written with `cfg` (its synth.json holds the
+    config); else why it cannot be reused, in a few words."""
+    from dataclasses import asdict
+
+    if not (out / "labels.csv").is_file():
+        return "it is not finished (no labels.csv)"
+    try:
+        have = json.loads((out / "synth.json").read_text())["config"]
+    except FileNotFoundError:
+        return "it has no synth.json"
+    except (ValueError, KeyError, TypeError):
+        return "its synth.json cannot be read"
+    want = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as synth.json holds them
+    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    if not diff:
+        return None
+    shown = ", ".join(f"{k}={have.get(k)!r} (now {want.get(k)!r})" for k in diff[:4])
+    return f"it was written with {shown}{', ...' if len(diff) > 4 else ''}"
+
+
 def make_corpus(c: Corpus) -> CorpusResult:
-    """Write the corpus, or reuse the one at `c.out` when its labels.csv exists."""
+    """Write the corpus, or reuse the one at `c.out` when it was written with `c.synth`.
+
+    A finished corpus written with another config is removed (what `avtime synth` writes, and
+    nothing else) and written again, with one line saying why."""
     from avtime.pipelines.progress import ProgressBar
     from avtime.pipelines.synth.corpus import generate_corpus
 
-    if (c.out / "labels.csv").is_file():
+    why = corpus_mismatch(c.out, c.synth)
+    if why is None:
         print(f"reusing the corpus in {c.out}", flush=True)
         return CorpusResult(out=c.out, videos=0, reused=True)
+    if any((c.out / name).exists() for name in ("labels.csv", "synth.json")):
+        print(f"rebuilding the corpus in {c.out}: {why}", flush=True)
+        _remove_corpus(c.out)
     t0 = time.monotonic()
     bar = ProgressBar(c.synth.videos, label=f"synth {c.out.name}", unit="videos")
     metas = generate_corpus(c.out, c.synth, workers=c.workers, on_progress=lambda _m: bar.update())
@@ -175,6 +208,18 @@ def make_corpus(c: Corpus) -> CorpusResult:
         flush=True,
     )
     return CorpusResult(out=c.out, videos=len(metas), reused=False)
+
+
+def _remove_corpus(out: Path) -> None:
+    """Remove what `avtime synth` wrote in `out` (SYNTH_OUTPUTS), leaving anything else."""
+    import shutil
+
+    for name in SYNTH_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 # --- preprocess and verify ---------------------------------------------------------------------
@@ -197,7 +242,13 @@ def make_shards(s: Shards) -> IngestResult | None:
     from avtime.pipelines.ingest.listing import ListingError
     from avtime.pipelines.storage import StorageError
 
-    if s.reuse and (s.dst / "manifest.json").is_file():
+    stale = _shards_older_than_corpus(s)
+    if stale:
+        import shutil
+
+        print(f"rebuilding the shards in {s.dst}: {stale}", flush=True)
+        shutil.rmtree(s.dst)
+    elif s.reuse and (s.dst / "manifest.json").is_file():
         print(f"reusing the shards in {s.dst}", flush=True)
         return None
     labels = str(s.src / "labels.csv") if s.labels else None
@@ -214,6 +265,20 @@ def make_shards(s: Shards) -> IngestResult | None:
             f"{s.ingest.max_reject_fraction}"
         )
     return res
+
+
+def _shards_older_than_corpus(s: Shards) -> str | None:
+    """Why the shards at `s.dst` are stale (started before `s.src`'s labels.csv was written,
+    so decoded from an older corpus), or None."""
+    from avtime.pipelines.ingest.job import CONFIG_NAME
+
+    labels = s.src / "labels.csv"
+    marks = [p for p in (s.dst / "manifest.json", s.dst / CONFIG_NAME) if p.is_file()]
+    if not labels.is_file() or not marks:
+        return None
+    if min(p.stat().st_mtime_ns for p in marks) < labels.stat().st_mtime_ns:
+        return f"they were decoded from an older corpus in {s.src}"
+    return None
 
 
 def check_shards(shards: Path, sample_fraction: float = 0.25) -> VerifyReport:
@@ -299,6 +364,7 @@ def log_heldout(uri: str, run_id: str, heldout: Mapping[str, Any], step: int) ->
 # --- probe against random init -----------------------------------------------------------------
 
 PROTOCOLS = ("action", "retrieval", "audio", "fingerprint")
+ACTION_VIDEOS = "action_videos"  # probe's key of {test video source: right} of the action probe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,7 +434,8 @@ def _context(p: Probe, checkpoint: str) -> Any:
 
 
 def probe(p: Probe, checkpoint: str) -> dict[str, dict[str, Any]]:
-    """{protocol: result} of `checkpoint` (a folder/URI, models:/..., or "random")."""
+    """{protocol: result} of `checkpoint` (a folder/URI, models:/..., or "random"); with the
+    action protocol also {ACTION_VIDEOS: {test video source: right}} for paired comparisons."""
     from avtime.training.engine.trainer import ensure_local_ray
     from avtime.training.eval import protocols
     from avtime.training.eval.fingerprint import FingerprintConfig, run_fingerprint
@@ -378,8 +445,10 @@ def probe(p: Probe, checkpoint: str) -> dict[str, dict[str, Any]]:
     modalities = ("video", "audio") if "audio" in p.protocols else ("video",)
     feats = protocols.train_test_video_features(ctx, modalities)
     out: dict[str, dict[str, Any]] = {}
+    right: dict[str, bool] = {}
     if "action" in p.protocols:
-        out["action"] = dict(protocols.run_action_linear(ctx, feats))
+        action, right = protocols.action_linear_videos(ctx, feats)
+        out["action"] = dict(action)
     if "retrieval" in p.protocols:
         out["retrieval"] = dict(protocols.run_retrieval(ctx, feats))
     if "audio" in p.protocols:
@@ -393,6 +462,8 @@ def probe(p: Probe, checkpoint: str) -> dict[str, dict[str, Any]]:
         print(f"eval {proto} on folder ({checkpoint}): {summary_line(result)}", flush=True)
         if p.log:
             _log_probe(p, ctx, proto, result)
+    if right:  # not printed or logged: one entry per test video
+        out[ACTION_VIDEOS] = dict(right)
     return out
 
 

@@ -5,12 +5,17 @@ The steps themselves run end to end, at smoke size, in tests/training/cli/test_d
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 import bench.learning
+from avtime.pipelines.config import IngestConfig
+from avtime.pipelines.synth.corpus import SynthConfig
 from avtime.training import experiment as exp
 from avtime.training.cli.commands import demo
 from avtime.training.tracking.eval_log import eval_params
@@ -61,13 +66,82 @@ def test_synth_flags_become_the_synth_config() -> None:
         exp.synth_config(["--videos", "0"])
 
 
+def _fake_corpus(out: Path, cfg: SynthConfig) -> None:
+    """labels.csv and synth.json as `avtime synth` writes them (no videos)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "labels.csv").write_text("path,label,split\n")
+    (out / "synth.json").write_text(json.dumps({"config": asdict(cfg), "videos": cfg.videos}))
+
+
 def test_a_reused_corpus_is_not_written_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "labels.csv").write_text("path,label,split\n")
-    out = exp.make_corpus(exp.Corpus(out=tmp_path, synth=exp.synth_config(["--videos", "1"])))
+    cfg = exp.synth_config(["--videos", "1", "--world", "sand"])
+    _fake_corpus(tmp_path, cfg)
+    out = exp.make_corpus(exp.Corpus(out=tmp_path, synth=cfg))
     assert out == exp.CorpusResult(out=tmp_path, videos=0, reused=True)
     assert "reusing the corpus" in capsys.readouterr().out
+
+
+def test_a_corpus_written_with_other_flags_does_not_match(tmp_path: Path) -> None:
+    cfg = exp.synth_config(["--videos", "8", "--seed", "3", "--world", "sand"])
+    assert exp.corpus_mismatch(tmp_path, cfg) == "it is not finished (no labels.csv)"
+    _fake_corpus(tmp_path, cfg)
+    assert exp.corpus_mismatch(tmp_path, cfg) is None
+    dusk = exp.synth_config(["--videos", "8", "--seed", "3"])
+    why = exp.corpus_mismatch(tmp_path, dusk)
+    assert why is not None and "world='sand' (now 'dusk')" in why and "ambience" in why
+    more = exp.corpus_mismatch(tmp_path, exp.synth_config(["--videos", "9", "--seed", "3",
+                                                           "--world", "sand"]))  # fmt: skip
+    assert more == "it was written with videos=8 (now 9)"
+    (tmp_path / "synth.json").unlink()
+    assert exp.corpus_mismatch(tmp_path, cfg) == "it has no synth.json"
+    (tmp_path / "synth.json").write_text("{not json")
+    assert exp.corpus_mismatch(tmp_path, cfg) == "its synth.json cannot be read"
+
+
+def test_a_mismatched_corpus_is_rebuilt_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what `avtime synth` writes is removed; then the corpus is written again."""
+    from avtime.pipelines.synth import corpus
+
+    old = exp.synth_config(["--videos", "2", "--world", "dusk"])
+    _fake_corpus(tmp_path, old)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "old.mp4").write_bytes(b"old")
+    (tmp_path / "notes.txt").write_text("mine")
+    calls = []
+
+    def fake_generate(out: Path, cfg: SynthConfig, **_: object) -> list[dict[str, float]]:
+        calls.append((sorted(p.name for p in Path(out).rglob("*")), cfg))
+        _fake_corpus(Path(out), cfg)
+        return [{"duration_s": 1.0}] * cfg.videos
+
+    monkeypatch.setattr(corpus, "generate_corpus", fake_generate)
+    new = exp.synth_config(["--videos", "2", "--world", "sand"])
+    res = exp.make_corpus(exp.Corpus(out=tmp_path, synth=new))
+    assert res == exp.CorpusResult(out=tmp_path, videos=2, reused=False)
+    assert calls == [(["notes.txt"], new)]  # the old videos, labels and synth.json went first
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"rebuilding the corpus in {tmp_path}: it was written with ")
+    assert exp.corpus_mismatch(tmp_path, new) is None
+
+
+def test_shards_older_than_their_corpus_are_stale(tmp_path: Path) -> None:
+    src, dst = tmp_path / "corpus", tmp_path / "shards"
+    src.mkdir()
+    dst.mkdir()
+    (src / "labels.csv").write_text("path,label,split\n")
+    job = exp.Shards(src=src, dst=dst, ingest=IngestConfig(), reuse=True)
+    assert exp._shards_older_than_corpus(job) is None  # nothing decoded yet
+    (dst / "manifest.json").write_text("{}")
+    os.utime(src / "labels.csv", ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+    os.utime(dst / "manifest.json", ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    why = exp._shards_older_than_corpus(job)
+    assert why == f"they were decoded from an older corpus in {src}"
+    os.utime(dst / "manifest.json", ns=(3_000_000_000_000_000_000, 3_000_000_000_000_000_000))
+    assert exp._shards_older_than_corpus(job) is None
 
 
 def test_probe_refuses_unknown_protocols_and_contrast_margins(tmp_path: Path) -> None:

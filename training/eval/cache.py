@@ -2,8 +2,9 @@
 
 The raw videos of a dataset go through the same decoder as training data (`avtime preprocess`,
 `pipelines.ingest.job.run_ingest`), from a CSV listing (uri, label) of the adapter's items. The
-shards land in `<cache>/<name>-<key>/shards`, where the key hashes the listed sources and the
-ingest settings, so every split and protocol of one dataset shares one decode, and a killed
+shards land in `<cache>/<name>-<key>/shards`, where the key hashes the listed sources (with
+each file's size and modification time, or S3 ETag, so a file rewritten in place gets a new key)
+and the ingest settings, so every split and protocol of one dataset shares one decode, and a killed
 decode resumes. The cache is `--cache-dir`, else `AVTIME_EVAL_CACHE`, else `./eval_cache`.
 """
 
@@ -49,15 +50,53 @@ def cache_root(arg: str | None = None) -> str:
     return root if storage.is_s3(root) else os.path.abspath(root)
 
 
-def cache_key(items: Sequence[_Item], cfg: IngestConfig) -> str:
-    """12 hex chars of sha1 over the sorted (source, label) rows and the ingest config.
+def _local_stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
-    Splits are left out: they are joined back from the listing, so the official splits of one
-    dataset share one decode.
+
+def _s3_stamps(uris: Sequence[str]) -> dict[str, str]:
+    """uri -> "size:ETag" (or size:LastModified) of S3 objects, one listing per folder."""
+    fs, _ = storage.filesystem(uris[0])
+    by_folder: dict[str, set[str]] = {}
+    for uri in uris:
+        path = storage.s3_path(uri)
+        by_folder.setdefault(path.rsplit("/", 1)[0], set()).add(path)
+    found: dict[str, str] = {}
+    for folder in sorted(by_folder):
+        try:
+            entries = fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            entries = []
+        for e in entries:
+            tag = e.get("ETag") or e.get("LastModified") or e.get("mtime") or ""
+            found[str(e["name"]).rstrip("/")] = f"{e.get('size')}:{tag}"
+    return {uri: found.get(storage.s3_path(uri), "missing") for uri in uris}
+
+
+def file_stamps(sources: Sequence[str]) -> dict[str, str]:
+    """source -> a stamp that changes when the file's content changes: "size:mtime_ns" of a
+    local file, "size:ETag" of an S3 object, "missing" when there is none (no file is read)."""
+    s3 = sorted({s for s in sources if storage.is_s3(s)})
+    stamps = _s3_stamps(s3) if s3 else {}
+    stamps.update({s: _local_stamp(s) for s in sources if not storage.is_s3(s)})
+    return stamps
+
+
+def cache_key(items: Sequence[_Item], cfg: IngestConfig) -> str:
+    """12 hex chars of sha1 over the sorted (source, label, stamp) rows and the ingest config.
+
+    The stamp (`file_stamps`: size and mtime, or S3 ETag) makes the key change when a file is
+    rewritten at the same path, such as a corpus rebuilt in place. Splits are left out: they
+    are joined back from the listing, so the official splits of one dataset share one decode.
     """
     from avtime.pipelines.configlib import to_dict
 
-    rows = sorted((it.source, it.label) for it in items)
+    stamps = file_stamps([it.source for it in items])
+    rows = sorted((it.source, it.label, stamps[it.source]) for it in items)
     blob = json.dumps({"rows": rows, "ingest": to_dict(cfg)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from avtime.pipelines import storage
 from avtime.pipelines.datasets.adapters import EvalItem, Listing
 from avtime.pipelines.datasets.distortions import Distortion, distortion_set
-from avtime.training.eval.cache import ensure_shards
+from avtime.training.eval.cache import ensure_shards, file_stamps
 from avtime.training.eval.features import ClipFeatures, extract_shard_features
 from avtime.training.eval.linear import average_by_group
 from avtime.training.eval.metrics import target_rank
@@ -159,7 +159,9 @@ def run_fingerprint(ctx: EvalContext, fp: FingerprintConfig) -> dict[str, Any]:
     g_shards = ensure_shards(
         gallery, name=f"{name}-fpgallery", cache=ctx.cache, cfg=ctx.ingest, workers=ctx.workers
     )
-    key = hashlib.sha1("\n".join(it.source for it in gallery).encode()).hexdigest()[:12]
+    stamps = file_stamps([it.source for it in gallery])  # a rebuilt gallery gets new copies
+    rows = "\n".join(f"{it.source} {stamps[it.source]}" for it in gallery)
+    key = hashlib.sha1(rows.encode()).hexdigest()[:12]
     folder = storage.join(ctx.cache, f"{name}-fpfiles-{key}-seed{fp.seed}")
     queries = make_queries(gallery, specs, folder, fp.seed)
     q_shards = ensure_shards(

@@ -93,15 +93,22 @@ def average_by_group(values: torch.Tensor, groups: list[str]) -> tuple[list[str]
     return list(keys), sums / counts[:, None]
 
 
-def video_accuracy(log_probs: torch.Tensor, groups: list[str], labels: dict[str, int]) -> float:
-    """Top-1 accuracy after averaging clip probabilities per video.
+def video_correct(
+    log_probs: torch.Tensor, groups: list[str], labels: dict[str, int]
+) -> dict[str, bool]:
+    """Whether each video is right after averaging its clip probabilities: video key -> bool.
 
     log_probs [N, C] per clip; groups: the video key of each clip; labels: video key -> class.
     """
     keys, probs = average_by_group(log_probs.exp(), groups)
-    pred = probs.argmax(dim=1)
-    truth = torch.tensor([labels[k] for k in keys])
-    return float((pred == truth).float().mean())
+    pred = probs.argmax(dim=1).tolist()
+    return {k: int(p) == labels[k] for k, p in zip(keys, pred, strict=True)}
+
+
+def video_accuracy(log_probs: torch.Tensor, groups: list[str], labels: dict[str, int]) -> float:
+    """Top-1 accuracy after averaging clip probabilities per video (see `video_correct`)."""
+    right = video_correct(log_probs, groups, labels)
+    return sum(right.values()) / len(right)
 
 
 def group_folds(y: torch.Tensor, groups: list[str], k: int, seed: int) -> list[int]:

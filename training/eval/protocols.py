@@ -26,7 +26,7 @@ from avtime.training.eval.linear import (
     LinearProbeConfig,
     average_by_group,
     fit_probe,
-    video_accuracy,
+    video_correct,
 )
 from avtime.training.eval.metrics import recall_at_k
 from avtime.training.eval.model_io import LoadedModel
@@ -132,6 +132,14 @@ def run_action_linear(
     ctx: EvalContext, feats: ClipFeatures | None = None
 ) -> dict[str, float | int]:
     """Linear probe on frozen video clip features; top-1 of clip probabilities averaged per video."""
+    return action_linear_videos(ctx, feats)[0]
+
+
+def action_linear_videos(
+    ctx: EvalContext, feats: ClipFeatures | None = None
+) -> tuple[dict[str, float | int], dict[str, bool]]:
+    """`run_action_linear`'s result, and whether each test video is right (source -> bool), for
+    paired comparisons on the same test videos."""
     train, test = train_test(ctx)
     feats = feats if feats is not None else train_test_video_features(ctx)
     assert feats.video is not None
@@ -142,14 +150,15 @@ def run_action_linear(
         raise ValueError("no decoded train or test clips; check the rejects of the decode")
     probe, l2 = fit_probe(x_tr, y_tr, g_tr, len(classes), ctx.probe)
     labels = {s: classes[test[s]] for s in g_te}
-    top1 = video_accuracy(probe.log_probs(x_te), g_te, labels)
-    return {
-        "top1": top1,
+    right = video_correct(probe.log_probs(x_te), g_te, labels)
+    result: dict[str, float | int] = {
+        "top1": sum(right.values()) / len(right),
         "l2": l2,
         "train_videos": len(set(g_tr)),
         "test_videos": len(set(g_te)),
         "num_classes": len(classes),
     }
+    return result, right
 
 
 def video_level(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from PIL import Image
 
 from avtime.pipelines.config import IngestConfig
 from avtime.pipelines.datasets.adapters import EvalItem
-from avtime.training.eval.cache import cache_key, listing_csv
+from avtime.training.eval.cache import cache_key, file_stamps, listing_csv
 from avtime.training.eval.clips import ClipConfig, audio_window, clip_starts, segment_clips
 from avtime.training.eval.features import audio_centres
 from avtime.training.tracking.eval_log import metric_items, metric_prefix
@@ -81,6 +83,26 @@ def test_cache_key_ignores_splits_but_not_files_or_settings() -> None:
     assert cache_key(a, cfg) != cache_key(c, cfg)
     assert cache_key(a, cfg) != cache_key(a, IngestConfig(short_side=64))
     assert listing_csv(a).decode() == "uri,label\n/d/a.mp4,x\n"
+
+
+def test_cache_key_changes_when_a_file_is_rewritten(tmp_path: Path) -> None:
+    """Same path, other bytes (a corpus rebuilt in place): another key, so no stale decode."""
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"first")
+    items = [EvalItem(source=str(video), label="x", split="train")]
+    cfg = IngestConfig()
+    key = cache_key(items, cfg)
+    assert cache_key(items, cfg) == key  # stable while the file is untouched
+    video.write_bytes(b"second, longer")
+    rewritten = cache_key(items, cfg)
+    assert rewritten != key
+    video.write_bytes(b"second, LONGER")  # same size: the modification time tells
+    os.utime(video, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    assert cache_key(items, cfg) not in (key, rewritten)
+    assert file_stamps([str(video), str(tmp_path / "gone.mp4")]) == {
+        str(video): f"14:{1_700_000_000_000_000_000}",
+        str(tmp_path / "gone.mp4"): "missing",
+    }
 
 
 def test_mlflow_metric_names() -> None:

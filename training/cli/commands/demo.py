@@ -86,12 +86,10 @@ def _step(name: str, argv: list[str], fn: Callable[[], T]) -> T:
 
 
 def _synth(args: argparse.Namespace, out: Path, n: int, seed: int, split: str | None) -> None:
-    """One corpus of the demo's world; split None: 30 % test, the rest train (the probe's)."""
+    """One corpus of the demo's world; split None: 30 % test, the rest train (the probe's).
+    Reused when the one at `out` was written with the same config (`exp.make_corpus`)."""
     from avtime.pipelines.synth.corpus import SynthConfig
 
-    if (out / "labels.csv").is_file():
-        print(f"demo: reusing the corpus in {out}")
-        return
     # One duration for all: every segment then has one geometry, so the sampler's speed table
     # is computed once per process instead of once per video.
     cfg = SynthConfig(
