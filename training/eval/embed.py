@@ -58,6 +58,7 @@ class EmbedRequest:
     out: str  # destination (local or s3://)
     modalities: tuple[str, ...] = ("video", "audio")
     clips_per_segment: int = 4
+    stride_s: float = 0.0  # > 0: clips start every stride_s seconds of each video instead
     config: str = "demo"  # preset/YAML for checkpoint "random"
     overrides: tuple[str, ...] = ()  # config overrides for "random"
     seed: int = 0
@@ -68,6 +69,8 @@ class EmbedRequest:
             raise ValueError("modalities must be video, audio or both")
         if self.shards_per_part < 1:
             raise ValueError("shards_per_part must be >= 1")
+        if not self.stride_s >= 0:  # also refuses NaN
+            raise ValueError("stride_s must be >= 0 (0: clips_per_segment clips per segment)")
 
 
 @dataclass
@@ -381,7 +384,7 @@ def embed(
     ex = ex or ExtractConfig()
     req = decode_videos(req, notify)
     loaded = load_model(req.checkpoint, config=req.config, overrides=req.overrides, seed=req.seed)
-    clip = ClipConfig.from_run(loaded.cfg, req.clips_per_segment)
+    clip = ClipConfig.from_run(loaded.cfg, req.clips_per_segment, req.stride_s)
     dims = encoder_dims(loaded.model, req.modalities)
     paths = shard_paths(req.data)
     ident = identity(req, loaded, clip, dims)
