@@ -306,6 +306,7 @@ def test_stride_clips_start_every_stride_seconds_of_a_real_mp4(
     decodes the raw video itself (one 10 s segment) or reads shards of 1-second segments, where
     the grid crosses segment boundaries (segments 0, 0, 1, 2, 2)."""
     folder = tmp_path / "one"
+    folder.mkdir()
     write_media(folder / "three.mp4", Spec(seconds=3.0))
     want_start = [0.0, 0.72, 1.4, 2.12, 2.8]
     want_end = [t + 4 / 25 for t in want_start]
