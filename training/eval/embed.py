@@ -232,12 +232,21 @@ def check_destination(out: str, ident: dict[str, Any]) -> None:
             f"config {held.get('config_digest')}); this run's is {ident['checkpoint']} (config "
             f"{ident['config_digest']}): use another --out"
         )
-    differ = [k for k in INPUT_KEYS if held.get(k) != ident[k]]
+    differ = [k for k in INPUT_KEYS if _held(held, k) != _held(ident, k)]
     if differ:
         raise EmbedError(
             f"{out} holds embeddings of other inputs or settings ({', '.join(differ)} differ: "
             f"data {held.get('data')}); use another --out"
         )
+
+
+def _held(doc: dict[str, Any], key: str) -> Any:
+    """A manifest's value of `key`; clip settings written before strides existed read as
+    stride 0 (clips per segment), which they are."""
+    value = doc.get(key)
+    if key == "clips" and isinstance(value, dict):
+        return {"stride_s": 0.0, **value}
+    return value
 
 
 def _marker_uri(out: str, part: str) -> str:

@@ -138,3 +138,20 @@ def test_clip_config_refuses_a_negative_or_infinite_stride() -> None:
         with pytest.raises(ValueError, match="stride_s"):
             ClipConfig(clip_frames=4, crop_size=32, audio_seconds=0.5, sample_rate=16000,
                        stride_s=bad)  # fmt: skip
+
+
+def test_an_index_from_before_strides_is_still_the_same_clips(tmp_path: Path) -> None:
+    """A manifest whose clip settings have no stride_s (written before --stride) matches a run
+    with stride 0, and not one with a stride."""
+    from dataclasses import asdict
+
+    clip = ClipConfig(clip_frames=4, crop_size=32, audio_seconds=0.5, sample_rate=16000)
+    ident = {"kind": "avtime-embeddings", "checkpoint_uri": "c", "config_digest": "d",
+             "random_init": None, "data_digest": "x", "modalities": ["video"],
+             "clips": asdict(clip)}  # fmt: skip
+    old = {k: v for k, v in asdict(clip).items() if k != "stride_s"}
+    (tmp_path / "manifest.json").write_text(json.dumps({**ident, "clips": old}))
+    check_destination(str(tmp_path), ident)
+    strided = {**ident, "clips": asdict(ClipConfig(**{**old, "stride_s": 1.0}))}
+    with pytest.raises(EmbedError, match="clips"):
+        check_destination(str(tmp_path), strided)
