@@ -503,3 +503,64 @@ def probe_against_random(p: Probe, checkpoint: str, *, log_random: bool = False)
     random = probe(replace(p, log=p.log and log_random), "random")
     classes = json.loads((p.root / "synth.json").read_text())["classes"]
     return Contrast(trained=trained, random=random, chance=1.0 / max(1, len(classes)))
+
+
+# --- embeddings and one search -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldoutSearch:
+    """`avtime embed --checkpoint CKPT --data SHARDS --out OUT`, then `avtime search --index OUT
+    --query QUERY --from audio --to video --k K`: which clips of the corpus look like the
+    query video sounds."""
+
+    checkpoint: str
+    shards: Path
+    out: Path
+    query: Path  # a video file of the embedded corpus
+    k: int = 5
+    clips: int = 4
+
+
+def embed_corpus(s: HeldoutSearch) -> Any:
+    """`avtime embed` of `s.shards` into `s.out` with `s.checkpoint` -> EmbedResult."""
+    from avtime.training.eval.embed import EmbedError, EmbedRequest, embed
+
+    req = EmbedRequest(
+        checkpoint=s.checkpoint, data=str(s.shards), out=str(s.out), clips_per_segment=s.clips
+    )
+    try:
+        result = embed(req)
+    except EmbedError as exc:
+        raise StepError(f"embed {s.shards}: {exc}") from exc
+    print(result.summary_line(), flush=True)
+    return result
+
+
+def search_audio_to_video(s: HeldoutSearch) -> dict[str, Any]:
+    """`avtime search` with the query's audio among the index's video clips; prints the hits
+    and whether the query's own video came first. {"query", "index", "own_rank", "self_first",
+    "hits": [{rank, score, source, segment, clip, t_start, t_end}]}."""
+    from dataclasses import asdict
+
+    from avtime.training.eval.embed import EmbedError
+    from avtime.training.eval.search import SearchRequest, own_rank, result_lines, search
+
+    req = SearchRequest(
+        index=str(s.out), query=str(s.query), from_modality="audio", to_modality="video", k=s.k
+    )
+    try:
+        result = search(req)
+    except EmbedError as exc:
+        raise StepError(f"search {s.out}: {exc}") from exc
+    for line in result_lines(result, req):
+        print(line, flush=True)
+    rank = own_rank(result)
+    verdict = (
+        "came first" if rank == 1
+        else f"ranks #{rank}" if rank else f"is not among the top {len(result.hits)}"
+    )  # fmt: skip
+    print(f"search: the query's own video {verdict} ({s.query.name})", flush=True)
+    hits = [{k: v for k, v in asdict(h).items() if k != "video_id"} for h in result.hits]
+    return {"query": str(s.query), "index": str(s.out), "own_rank": rank,
+            "self_first": rank == 1, "hits": hits}  # fmt: skip

@@ -273,6 +273,26 @@ def clip_starts(num_frames: int, clip_frames: int, k: int) -> list[int]:
     return [half_up(Fraction(i * span, k - 1)) for i in range(k)]
 
 
+def stride_starts(
+    num_frames: int, fps: Fraction, start_s: Fraction, stride_s: Fraction
+) -> list[int]:
+    """Start frames of the clips that begin every `stride_s` seconds of source time (at 0,
+    stride, 2 * stride, ...) inside a segment of `num_frames` stored frames from `start_s` at
+    `fps`. Grid time t starts at stored frame half_up((t - start_s) * fps) when that frame is in
+    the segment, so segments that tile a timeline share its grid out, each time exactly once."""
+    if stride_s <= 0:
+        raise ValueError(f"stride must be > 0 seconds, got {stride_s}")
+    out: list[int] = []
+    k = max(0, math.floor(start_s / stride_s) - 1)
+    while True:
+        i = half_up((k * stride_s - start_s) * fps)
+        if i >= num_frames:
+            return out
+        if i >= 0:
+            out.append(i)
+        k += 1
+
+
 def audio_window(wav: np.ndarray | None, center: Fraction | float, length: int) -> np.ndarray:
     """`length` samples of float32 `wav` [S] centred on sample `center` (half up), kept inside the
     segment; zero-padded when it is shorter. float32 [length]; zeros when `wav` is None."""
@@ -295,8 +315,10 @@ def fixed_clips(
     wav: np.ndarray | None,
     sample_rate: int,
     audio_len: int,
+    starts: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """`clips_per_segment` evenly spaced clips of one segment row, at speed 1, forward.
+    """`clips_per_segment` evenly spaced clips of one segment row (or clips at the given
+    `starts`, stored frame indices, e.g. from `stride_starts`), at speed 1, forward.
 
     Video: T consecutive stored frames (the last repeated past the end), the centred square
     crop resized to `crop_size` by `decode_clip`, the sampler's decoder. Audio: `audio_len`
@@ -309,7 +331,14 @@ def fixed_clips(
         raise ValueError(f"segment {row.get('video_id')}/{row.get('segment')} has no frames")
     width, height = int(row["width"]), int(row["height"])
     aug = VideoAug(box=centre_box(width, height), flip=False)
-    starts = clip_starts(n, clip_frames, clips_per_segment)
+    if starts is None:
+        starts = clip_starts(n, clip_frames, clips_per_segment)
+    if not starts:
+        return {
+            "video": np.zeros((0, 3, clip_frames, crop_size, crop_size), dtype=np.uint8),
+            "audio": np.zeros((0, audio_len), dtype=np.float32),
+            "has_audio": np.zeros(0, dtype=np.float32),
+        }
     fps = exact_fps(float(row["fps"]))
     videos, audio = [], []
     for s in starts:

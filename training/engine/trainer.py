@@ -379,7 +379,9 @@ def finish_models(
     req: TrainRequest, uri: str, run_id: str, where: Storage, run_dir: str
 ) -> tuple[str, str]:
     """After fit: delete the logged models of checkpoints Ray Train dropped, tag the run with
-    the final checkpoint's model, and register it when asked; (model id, `models:/` ref)."""
+    the final checkpoint's model, write the MLflow model files (`training.eval.pyfunc`) into
+    every kept model with `--log-weights` and into the final one when it is registered, and
+    register it when asked; (model id, `models:/` ref)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -393,6 +395,12 @@ def finish_models(
         return "", ""
     model_id = str(final.model_id)
     client.set_tag(run_id, lineage.MODEL_ID_TAG, model_id)
+    loadable = lineage.run_models(client, exp_id, run_id) if req.log_weights else [final]
+    if req.log_weights or req.register:
+        from avtime.training.eval.pyfunc import log_checkpoint_model
+
+        for model in loadable:  # mlflow.pyfunc / mlflow.pytorch.load_model load these
+            log_checkpoint_model(client, model.model_id, model.tags[lineage.CHECKPOINT_TAG])
     if not req.register:
         return model_id, ""
     version = lineage.register(uri, model_id, run_id, req.register, req.alias)

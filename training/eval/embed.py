@@ -58,6 +58,7 @@ class EmbedRequest:
     out: str  # destination (local or s3://)
     modalities: tuple[str, ...] = ("video", "audio")
     clips_per_segment: int = 4
+    stride_s: float = 0.0  # > 0: clips start every stride_s seconds of each video instead
     config: str = "demo"  # preset/YAML for checkpoint "random"
     overrides: tuple[str, ...] = ()  # config overrides for "random"
     seed: int = 0
@@ -68,6 +69,8 @@ class EmbedRequest:
             raise ValueError("modalities must be video, audio or both")
         if self.shards_per_part < 1:
             raise ValueError("shards_per_part must be >= 1")
+        if not self.stride_s >= 0:  # also refuses NaN
+            raise ValueError("stride_s must be >= 0 (0: clips_per_segment clips per segment)")
 
 
 @dataclass
@@ -229,12 +232,21 @@ def check_destination(out: str, ident: dict[str, Any]) -> None:
             f"config {held.get('config_digest')}); this run's is {ident['checkpoint']} (config "
             f"{ident['config_digest']}): use another --out"
         )
-    differ = [k for k in INPUT_KEYS if held.get(k) != ident[k]]
+    differ = [k for k in INPUT_KEYS if _held(held, k) != _held(ident, k)]
     if differ:
         raise EmbedError(
             f"{out} holds embeddings of other inputs or settings ({', '.join(differ)} differ: "
             f"data {held.get('data')}); use another --out"
         )
+
+
+def _held(doc: dict[str, Any], key: str) -> Any:
+    """A manifest's value of `key`; clip settings written before strides existed read as
+    stride 0 (clips per segment), which they are."""
+    value = doc.get(key)
+    if key == "clips" and isinstance(value, dict):
+        return {"stride_s": 0.0, **value}
+    return value
 
 
 def _marker_uri(out: str, part: str) -> str:
@@ -381,7 +393,7 @@ def embed(
     ex = ex or ExtractConfig()
     req = decode_videos(req, notify)
     loaded = load_model(req.checkpoint, config=req.config, overrides=req.overrides, seed=req.seed)
-    clip = ClipConfig.from_run(loaded.cfg, req.clips_per_segment)
+    clip = ClipConfig.from_run(loaded.cfg, req.clips_per_segment, req.stride_s)
     dims = encoder_dims(loaded.model, req.modalities)
     paths = shard_paths(req.data)
     ident = identity(req, loaded, clip, dims)

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from avtime.training.eval.clips import ClipConfig, audio_window, clip_starts, segment_clips
+from avtime.training.eval.clips import ClipConfig, audio_window, segment_clips, segment_starts
 
 SHARD_COLUMNS = [
     "video_id", "source", "segment", "start_s", "fps", "num_frames", "width", "height", "frames", "sample_rate",
@@ -89,7 +89,7 @@ def clip_spans(row: dict[str, Any], cfg: ClipConfig) -> list[tuple[float, float]
     n = len(row["frames"])
     fps = float(row["fps"])
     base = float(row.get("start_s") or 0.0)
-    starts = clip_starts(n, cfg.clip_frames, cfg.clips_per_segment)
+    starts = segment_starts(row, cfg)
     return [(base + s / fps, base + min(s + cfg.clip_frames, n) / fps) for s in starts]
 
 

@@ -2,7 +2,8 @@
 
 The query is a video file, decoded by the ingest decoder with the index's own ingest settings
 into a temporary shard and embedded with the index's own checkpoint (read from its manifest), clip
-by clip exactly as `embed` cuts and embeds; or a video id, `VIDEO_ID/SEGMENT` or source URI of the
+by clip exactly as `embed` cut the index (its clips per segment or its stride, unless the
+request gives another stride for the query); or a video id, `VIDEO_ID/SEGMENT` or source URI of the
 index, whose stored embeddings are the query. Each index clip scores the best cosine similarity
 to any query clip. Across modalities (`--from audio --to video`), both sides go through the
 model's video-audio contrastive projections (`proj_va_video`, `proj_va_audio`), the space the
@@ -35,12 +36,15 @@ class SearchRequest:
     from_modality: str = "video"
     to_modality: str = "video"
     k: int = 5
+    stride_s: float = 0.0  # > 0: a query file's clips start every stride_s seconds; 0: as indexed
 
     def __post_init__(self) -> None:
         if self.from_modality not in MODALITIES or self.to_modality not in MODALITIES:
             raise ValueError("--from and --to must be video or audio")
         if self.k < 1:
             raise ValueError("--k must be >= 1")
+        if not self.stride_s >= 0:
+            raise ValueError("--stride must be > 0 seconds")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,13 +155,22 @@ def _decode_query(path: str, doc: dict[str, Any]) -> pa.Table:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _file_query(path: str, doc: dict[str, Any], loaded: Any, mod: str) -> QueryClips:
-    """Embed a video file's clips as `embed` does (same clips, same Encoder code)."""
+def _file_query(
+    path: str, doc: dict[str, Any], loaded: Any, mod: str, stride_s: float = 0.0
+) -> QueryClips:
+    """Embed a video file's clips as `embed` does (same clips, same Encoder code; with
+    `stride_s` > 0, clips every `stride_s` seconds instead of the index's spacing)."""
+    from dataclasses import replace
+
     from avtime.training.eval.clips import ClipConfig
     from avtime.training.eval.features import Encoder, encoder_state, sample_clips
 
     clip = ClipConfig(**doc["clips"])
+    if stride_s > 0:
+        clip = replace(clip, stride_s=stride_s)
     batch = sample_clips(_decode_query(path, doc), cfg=clip)
+    if len(batch["clip"]) == 0:
+        raise EmbedError(f"query {path} is shorter than one stride: no clip of it to search with")
     if mod == "audio" and not batch["has_audio"].any():
         raise EmbedError(f"query {path} has no audio; use --from video")
     enc = Encoder(loaded.cfg.model, encoder_state(loaded.model, (mod,)), (mod,), "cpu")
@@ -225,7 +238,7 @@ def search(req: SearchRequest) -> SearchResult:
         raise EmbedError(f"{req.index} holds no {req.to_modality} embeddings (no clip had audio)")
     loaded = load_index_model(doc)
     if _is_file(req.query):
-        query = _file_query(req.query, doc, loaded, req.from_modality)
+        query = _file_query(req.query, doc, loaded, req.from_modality, req.stride_s)
     else:
         query = _index_query(req.query, table, req.from_modality)
     q, g = query.feats, torch.from_numpy(index_feats)
@@ -242,6 +255,28 @@ def search(req: SearchRequest) -> SearchResult:
     return SearchResult(
         hits=hits, query=query, searched=len(index_feats), index_data=str(doc["data"])
     )
+
+
+def result_lines(result: SearchResult, req: SearchRequest) -> list[str]:
+    """What `avtime search` prints: a header, then one line per neighbour with its rank,
+    cosine, source, segment and clip, and time span in the source."""
+    lines = [
+        f"search: {len(result.query.feats)} {req.from_modality} clips of {result.query.what} -> "
+        f"{req.to_modality}, top {len(result.hits)} of {result.searched} clips in {req.index}"
+    ]
+    for h in result.hits:
+        lines.append(
+            f"{h.rank:3d}  {h.score:+.4f}  {h.source}  segment {h.segment} clip {h.clip}  "
+            f"{h.t_start:.2f}-{h.t_end:.2f} s"
+        )
+    return lines
+
+
+def own_rank(result: SearchResult) -> int | None:
+    """The rank of the first hit from the query's own video (None when none is among the
+    hits, or the query has no index keys)."""
+    own = {key[0] for key in result.query.keys or []}
+    return next((h.rank for h in result.hits if h.video_id in own), None)
 
 
 def _frames_at(shards: str, wanted: list[tuple[str, int, float]]) -> list[np.ndarray | None]:

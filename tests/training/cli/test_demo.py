@@ -109,6 +109,26 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
         assert f"demo: {step} done in" in out, step
     assert f"demo: avtime verify {work / 'shards/train'} --sample-fraction 0.25" in out
 
+    # The held-out clips embedded with the final checkpoint, and one audio->video search with a
+    # held-out video: its k nearest clips (source, span, cosine) and whether its own came first.
+    index = work / "embeddings" / summary["run_name"]
+    assert json.loads((index / "manifest.json").read_text())["checkpoint"] == summary["checkpoint"]
+    search = summary["search"]
+    assert Path(search["query"]).is_relative_to(work / "corpus/heldout")
+    assert (
+        f"demo: avtime search --index {index} --query {search['query']} --from audio --to video "
+        "--k 5"
+    ) in out
+    hits = [line for line in out.splitlines() if re.match(r"^ +\d+  [+-]\d\.\d{4}  ", line)]
+    assert 1 <= len(hits) == len(search["hits"]) <= 5
+    for line, hit in zip(hits, search["hits"]):
+        assert hit["source"] in line and f"{hit['t_start']:.2f}-{hit['t_end']:.2f} s" in line
+        assert f"{hit['score']:+.4f}" in line
+    verdict = re.search(r"search: the query's own video (came first|ranks #\d|is not among)", out)
+    assert verdict is not None and (verdict.group(1) == "came first") == search["self_first"]
+    for step in ("embed heldout", "search heldout"):
+        assert f"demo: {step} done in" in out, step
+
     # The contact sheet of what the model sees, and shards that carry the corpus labels.
     from PIL import Image
 

@@ -295,3 +295,69 @@ def test_embed_raw_videos_decodes_them_first(
     assert rc == 0, err
     assert "1 of 1 parts were already written" in stdout
     assert read_embeddings(str(out)).num_rows == table.num_rows
+
+
+def test_stride_clips_start_every_stride_seconds_of_a_real_mp4(
+    data: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 3-second mp4 (75 stored frames at the ingest's 25 fps), `--stride 0.7`: grid times 0,
+    0.7, 1.4, 2.1, 2.8 start at stored frames half_up(t * 25) = 0, 18, 35, 53, 70, so t_start is
+    0, 0.72, 1.4, 2.12, 2.8 and t_end 4 frames (the smoke clip) later. The same whether embed
+    decodes the raw video itself (one 10 s segment) or reads shards of 1-second segments, where
+    the grid crosses segment boundaries (segments 0, 0, 1, 2, 2)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_media(folder / "three.mp4", Spec(seconds=3.0))
+    want_start = [0.0, 0.72, 1.4, 2.12, 2.8]
+    want_end = [t + 4 / 25 for t in want_start]
+    argv = ["--checkpoint", "random", "--config", "smoke", "--modality", "video", "--stride", "0.7"]
+    rc, out, err = _embed(capsys, *argv, "--data", str(folder), "--out", str(tmp_path / "raw"))
+    assert rc == 0, err
+    pre = ["preprocess", str(folder), str(tmp_path / "shards"), "--short-side", "32"]
+    assert main([*pre, "--segment-seconds", "1"]) == 0
+    rc, out, err = _embed(capsys, *argv, "--data", str(tmp_path / "shards"),
+                          "--out", str(tmp_path / "seg"))  # fmt: skip
+    assert rc == 0, err
+    for dst, segments in (("raw", [0] * 5), ("seg", [0, 0, 1, 2, 2])):
+        table = read_embeddings(str(tmp_path / dst)).sort_by("t_start")
+        assert table.num_rows == 5, dst
+        assert table["t_start"].to_pylist() == pytest.approx(want_start, abs=1e-9), dst
+        assert table["t_end"].to_pylist() == pytest.approx(want_end, abs=1e-9), dst
+        assert table["segment"].to_pylist() == segments, dst
+        assert read_manifest(str(tmp_path / dst))["clips"]["stride_s"] == 0.7  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--stride", "0"], "--stride must be a positive number of seconds"),
+        (["--stride", "-1.5"], "--stride must be a positive number of seconds"),
+        (["--stride", "nan"], "--stride must be a positive number of seconds"),
+        (["--stride", "half"], "--stride must be a number of seconds, got 'half'"),
+        (["--stride", "1", "--clips", "2"], "--clips and --stride exclude each other"),
+    ],
+)
+def test_bad_stride_is_one_line_and_exit_2(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--checkpoint", "random", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    rc, out, err = _embed(capsys, *argv, *flags)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+    if "--clips" not in flags:  # search takes --stride too, checked the same way
+        rc, out, err = _search(capsys, "--index", str(tmp_path), "--query", "x", *flags)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_search_query_file_with_its_own_stride(
+    data: dict[str, str], s3_index: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The index holds 2 clips per segment; `--stride 0.5` cuts the 2-second query video into
+    clips at 0, 0.5, 1 and 1.5 s instead (4), and it still finds its own video first."""
+    query = sorted(Path(data["corpus"]).rglob("*.mp4"))[1]
+    rc, out, err = _search(capsys, "--index", s3_index, "--query", str(query), "--stride", "0.5",
+                           "--k", "2")  # fmt: skip
+    assert rc == 0, err
+    assert f"search: 4 video clips of {query} -> video" in out
+    hits = [line for line in out.splitlines() if line.startswith("  ")]
+    assert hits[0].split()[2].endswith(query.name)

@@ -4,11 +4,14 @@ synth (a train corpus, a held-out corpus and a labelled probe corpus, all in the
 -> preprocess (with the corpus labels) -> verify -> a contact sheet of training examples
 (`avtime sample`) -> train the `demo` preset -> `eval pretext` on the held-out shards -> the
 linear probe (`eval action --mode linear`) on the probe corpus, for the checkpoint and for random
-init of the same configuration. Everything goes under DIR:
+init of the same configuration -> `avtime embed` of the held-out shards with the final checkpoint
+and one `avtime search --from audio --to video` with a held-out video as the query. Everything
+goes under DIR:
 
     DIR/corpus/{train,heldout,probe}   synthetic mp4s   DIR/shards/{train,heldout}   Arrow shards
     DIR/checkpoints/             training checkpoints   DIR/mlflow.db, DIR/mlartifacts/   MLflow
     DIR/eval_cache/              the probe's decoded clips
+    DIR/embeddings/<run name>/   the held-out clips' embeddings (the search index)
     DIR/contact_sheet.png        what the model sees    DIR/demo_result.json         last line
 
 Each step is a function of `training.experiment` (the orchestrator `bench.learning` and
@@ -17,7 +20,8 @@ same step on its own. Rerunning with the same DIR reuses the corpus and shards a
 The last line is the JSON object of `avtime train`, plus `heldout` (the pretext evaluation),
 `learning_bar` (`training.experiment.LEARNING_BAR`: each head >= chance + 30 points,
 audio->video R@1 >= 5x chance) and `probe`
-(top-1 of the trained model and of random init on the probe corpus's test videos).
+(top-1 of the trained model and of random init on the probe corpus's test videos) and `search`
+(the query, its nearest clips and whether its own video came first).
 """
 
 from __future__ import annotations
@@ -153,6 +157,20 @@ def linear_probe(
     }
 
 
+def embed_and_search(root: Path, checkpoint: str, run_name: str, shards: Path) -> dict[str, Any]:
+    """Embed the held-out shards with the final checkpoint into DIR/embeddings/<run name>, then
+    search their video clips with the audio of the first held-out video."""
+    query = sorted((root / "corpus" / "heldout").rglob("*.mp4"))[0]
+    s = exp.HeldoutSearch(
+        checkpoint=checkpoint, shards=shards, out=root / "embeddings" / run_name, query=query
+    )
+    argv = ["embed", "--checkpoint", checkpoint, "--data", str(shards), "--out", str(s.out)]
+    _step("embed heldout", argv, partial(exp.embed_corpus, s))
+    argv = ["search", "--index", str(s.out), "--query", str(query), "--from", "audio",
+            "--to", "video", "--k", str(s.k)]  # fmt: skip
+    return _step("search heldout", argv, partial(exp.search_audio_to_video, s))
+
+
 def run(args: argparse.Namespace) -> int:
     from avtime.training.config import load_run_config
     from avtime.training.engine.trainer import TrainRequest, ensure_ray
@@ -180,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         summary["probe"] = linear_probe(
             root, outcome.checkpoint, args.overrides, cfg.train.seed, uri
         )
+    summary["search"] = embed_and_search(root, outcome.checkpoint, outcome.run_name, heldout_shards)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     (root / "demo_result.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     _report(args, summary, sheet)
@@ -201,6 +220,10 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], sheet: Path) -> N
             f"{100 * p['trained']:.1f} % against random init {100 * p['random']:.1f} % "
             f"({100 * (p['trained'] - p['random']):+.1f} points; chance {100 * p['chance']:.0f} %)"
         )
+    s = summary["search"]
+    first = "came first" if s["self_first"] else "did not come first"
+    print(f"audio->video search of the held-out clips with {Path(s['query']).name}: its own "
+          f"video {first} (index {s['index']})")  # fmt: skip
     print(f"MLflow store: {summary['tracking_uri']} (experiment {args.experiment})")
     print(f"  open the UI: {ui_command(summary['tracking_uri'])}")
     print(json.dumps(summary, sort_keys=True))
