@@ -42,7 +42,7 @@ from avtime.pipelines import storage
 from avtime.pipelines.synth import groundtruth as gt
 from avtime.pipelines.synth.ambience import AMBIENCE_RMS, LOW_HZ, QUIET_RMS
 from avtime.pipelines.synth.avwrite import write_av
-from avtime.pipelines.synth.even import even_object, level_of
+from avtime.pipelines.synth.even import PACES, draw_paced_episodes, level_of
 from avtime.pipelines.synth.lamps import LAMP_HALF, draw_lamps
 from avtime.pipelines.synth.render import render_audio, render_frames
 from avtime.pipelines.synth.sand import marks_of, studio_palette, uniform_object
@@ -119,8 +119,11 @@ class SynthConfig:
             raise ValueError(f"seconds must be in (0, 600], got {self.seconds}")
         if not 0 <= self.duration_jitter < 1:
             raise ValueError(f"duration_jitter must be in [0, 1), got {self.duration_jitter}")
-        if not 1 <= self.classes <= len(CLASSES):
-            raise ValueError(f"classes must be in [1, {len(CLASSES)}], got {self.classes}")
+        most = len(PACES) if self.world == "even" else len(CLASSES)
+        if not 1 <= self.classes <= most:
+            raise ValueError(
+                f"classes must be in [1, {most}] in the {self.world} world, got {self.classes}"
+            )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not self.fps_choices or any(f <= 0 for f in self.fps_choices):
@@ -150,6 +153,8 @@ class SynthConfig:
 
     @property
     def class_names(self) -> list[str]:
+        if self.world == "even":  # a class is a pace (pipelines.synth.even)
+            return [name for name, _ in PACES[: self.classes]]
         return [c.name for c in CLASSES[: self.classes]]
 
 
@@ -182,14 +187,18 @@ def plan_video(cfg: SynthConfig, index: int, class_index: int, split: str, name:
     studio = cfg.world in ("sand", "even")  # one studio, one object look
     plan.palette = studio_palette() if studio else draw_palette(rng, plan.aspect)
     n_objects = int(rng.integers(1, cfg.max_objects + 1))
-    plan.episodes = draw_episodes(
-        rng,
-        CLASSES[class_index],
-        n_objects,
-        plan.duration_s,
-        plan.aspect,
-        {"sand": uniform_object, "even": even_object}.get(cfg.world),
-    )
+    if cfg.world == "even":
+        plan.pace = PACES[class_index][1]
+        plan.episodes = draw_paced_episodes(rng, plan.pace, n_objects, plan.duration_s, plan.aspect)
+    else:
+        plan.episodes = draw_episodes(
+            rng,
+            CLASSES[class_index],
+            n_objects,
+            plan.duration_s,
+            plan.aspect,
+            uniform_object if cfg.world == "sand" else None,
+        )
     if cfg.lamps:
         plan.lamps = draw_lamps(np.random.default_rng(lamp_seq), plan.duration_s, plan.aspect)
     return plan
@@ -233,11 +242,13 @@ def video_meta(plan: VideoPlan, cfg: SynthConfig, path: str) -> dict[str, Any]:
                 }
             )
     events.sort(key=lambda e: e["t"])
-    mclass = CLASSES[plan.class_index]
+    even = plan.world == "even"
+    mclass = {"name": PACES[plan.class_index][0], "pace": plan.pace} if even else None
+    mclass = mclass or asdict(CLASSES[plan.class_index])
     return {
         "name": plan.name,
         "path": path,
-        "label": mclass.name,
+        "label": mclass["name"],
         "class_index": plan.class_index,
         "split": plan.split,
         "seed": cfg.seed,
@@ -264,7 +275,7 @@ def video_meta(plan: VideoPlan, cfg: SynthConfig, path: str) -> dict[str, Any]:
             "units": "scene heights (floor to top of frame) and seconds",
             "scene_height_px": plan.floor_px,
         },
-        "motion_class": asdict(mclass),
+        "motion_class": mclass,
         "objects": objects,
         "events": events,
         "lamps": _lamp_meta(plan),

@@ -86,15 +86,16 @@ class _Renderer:
         self.tracks = [ep.positions(self.times) for ep in plan.episodes]
         # Effects: (t0, life, kind, x, y, strength, extra)
         eff: list[tuple[float, float, str, float, float, float, float]] = []
+        ring, dust, poof = (life / plan.pace for life in (RING_LIFE, DUST_LIFE, POOF_LIFE))
         for ep in plan.episodes:
             for ev in ep.events:
                 if ev.kind == "impact":
-                    eff.append((ev.t, RING_LIFE, "ring", ev.x, ev.y, ev.strength, ep.obj.radius))
+                    eff.append((ev.t, ring, "ring", ev.x, ev.y, ev.strength, ep.obj.radius))
                     if ev.strength > 0.12:
-                        eff.append((ev.t, DUST_LIFE, "dust", ev.x, 0.0, ev.strength, 1.0))
-                        eff.append((ev.t, DUST_LIFE, "dust", ev.x, 0.0, ev.strength, -1.0))
+                        eff.append((ev.t, dust, "dust", ev.x, 0.0, ev.strength, 1.0))
+                        eff.append((ev.t, dust, "dust", ev.x, 0.0, ev.strength, -1.0))
                 else:
-                    eff.append((ev.t, POOF_LIFE, "poof", ev.x, ev.y, 1.0, ep.obj.radius))
+                    eff.append((ev.t, poof, "poof", ev.x, ev.y, 1.0, ep.obj.radius))
         self.effects = eff
         self.eff_t0 = np.array([e[0] for e in eff])
         self.eff_life = np.array([e[1] for e in eff])

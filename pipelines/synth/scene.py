@@ -119,6 +119,7 @@ class VideoPlan:
     ambience: bool = True  # the sky-coloured noise bed (pipelines.synth.ambience); else pink floor
     audio_seed: int = 0
     world: str = "dusk"  # "sand": one studio, one look, marks (synth.sand); "even": synth.even
+    pace: float = 1.0  # how fast the world runs ("even": the class, synth.even); effects follow
 
     @property
     def duration_s(self) -> float:

@@ -1,8 +1,8 @@
-"""The even world: the sand studio with the class's static cues evened out.
+"""The even world: the sand studio, with classes (paces) that no still frame or sound level shows.
 
-Checked against independent computations: the ring time measured from a rendered impact's
-envelope, the soundtrack's level against the drawn level, and the decoded ground strip of real
-mp4 files getting lighter with time under the one law.
+Checked against independent computations: a paced episode's path against the unpaced one, the
+ring time measured from a rendered impact's envelope, the soundtrack's level against the drawn
+level, and the decoded ground strip of real mp4 files getting lighter with time under the one law.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from avtime.pipelines.synth.ambience import QUIET_RMS
 from avtime.pipelines.synth.corpus import CLASSES, SynthConfig, generate_corpus, plan_video
 from avtime.pipelines.synth.render import impact_sound, render_audio
 from avtime.pipelines.synth.sand import studio_palette
-from avtime.pipelines.synth.scene import Event
+from avtime.pipelines.synth.scene import Event, simulate_episode
 from tests.media import decode_rgb
 
 
@@ -107,3 +107,35 @@ def test_the_decoded_ground_strip_lightens_with_time(tmp_path: Path) -> None:
         assert strip[-1] - strip[0] > 15  # grey levels: wet to dry is visible after the codec
         assert meta["marks"] is None and meta["world"] == "even"
         assert even.LEVEL_RMS[0] <= meta["sound_level_rms"] <= even.LEVEL_RMS[1]
+
+
+@pytest.mark.unit
+def test_a_paced_episode_keeps_its_path_and_its_share_of_time_at_each_place() -> None:
+    base = simulate_episode(np.random.default_rng(4), CLASSES[1], even.even_object(
+        np.random.default_rng(5), CLASSES[1]), 0.0, 1.5)  # fmt: skip
+    pace, t0 = 1.22, 0.3
+    fast = even.paced(base, pace, t0)
+    tau = np.linspace(base.t_start, base.t_end - 1e-6, 400)
+    _, bx, by = base.positions(tau)
+    vis, fx, fy = fast.positions(t0 + tau / pace)
+    assert vis.all()
+    np.testing.assert_allclose(fx, bx, atol=1e-9)  # the same place at the paced time
+    np.testing.assert_allclose(fy, by, atol=1e-9)
+    assert fast.t_end - fast.t_start == pytest.approx((base.t_end - base.t_start) / pace)
+    assert [e.t for e in fast.events] == pytest.approx([t0 + e.t / pace for e in base.events])
+    assert [e.strength for e in fast.events] == [e.strength for e in base.events]
+
+
+@pytest.mark.unit
+def test_classes_are_paces_and_every_class_draws_every_launch() -> None:
+    paces = [p for _, p in even.PACES]
+    assert paces == sorted(paces) and paces[-1] < 2 * paces[0]  # 2x playback is no class's pace
+    cfg = SynthConfig(videos=8, seconds=6.0, classes=4, seed=2, world="even")
+    assert cfg.class_names == [n for n, _ in even.PACES]
+    with pytest.raises(ValueError, match="classes"):
+        SynthConfig(world="even", classes=5)
+    for c, (_, pace) in enumerate(even.PACES):
+        plans = [plan_video(cfg, i, c, "train", f"v{i}") for i in range(10)]
+        assert {p.pace for p in plans} == {pace}
+        launched = {(e.obj.restitution < 0.3) for p in plans for e in p.episodes}
+        assert launched == {True, False}  # slides (restitution < 0.3) and bouncers in each class

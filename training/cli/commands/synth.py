@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4,
         help=f"number of motion classes, 1..{len(CLASSES)} (default 4: "
         + ", ".join(c.name for c in CLASSES[:4])
-        + ")",
+        + "; in the even world 1..4 paces: slow, steady, brisk, fast)",
     )
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     parser.add_argument(
