@@ -195,22 +195,33 @@ def _pct(value: float, n: int) -> str:
     return accuracy_of(value, n).cell() if n else f"{100 * value:.1f}"
 
 
+def add_to_table(path: Path, lines: Sequence[str]) -> None:
+    """Put `lines` (each ending in a newline) after the last line of the file's first table,
+    so that rows stay in the table when paired-difference tables follow it."""
+    text = path.read_text().splitlines(keepends=True)
+    first = next((i for i, t in enumerate(text) if t.startswith("|")), len(text))
+    end = first
+    while end < len(text) and text[end].startswith("|"):
+        end += 1
+    path.write_text("".join(text[:end] + list(lines) + text[end:]))
+
+
 def append_controls(
     path: Path, date: str, synth: str, on: str, controls: Sequence[proto.Entry]
 ) -> None:
     """Append the controls of the `on` corpus as rows (once per file and corpus)."""
     _start(path, date)
-    text = path.read_text()
-    with path.open("a") as f:
-        for c in controls:
-            line = (f"| {date} | control: {c.name} | - | `{synth or 'default'}` | {on} | - | - | "
-                    f"- | {proto.entry_cell(c)} | - | - | - | - | - |\n")  # fmt: skip
-            if f"| control: {c.name} | - | `{synth or 'default'}` | {on} |" not in text:
-                f.write(line)
+    text, lines = path.read_text(), []
+    for c in controls:
+        line = (f"| {date} | control: {c.name} | - | `{synth or 'default'}` | {on} | - | - | "
+                f"- | {proto.entry_cell(c)} | - | - | - | - | - |\n")  # fmt: skip
+        if f"| control: {c.name} | - | `{synth or 'default'}` | {on} |" not in text:
+            lines.append(line)
+    add_to_table(path, lines)
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row to the dated table (writing its header and machine line first)."""
+    """Add one row to the dated table (writing its header and machine line first)."""
     _start(path, row["date"])
     p, r = row["trained"], row["random"]
     n, q = p.get("n", 0), p.get("queries", 0)
@@ -218,14 +229,16 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         paired = paired_videos(p["videos"], r["videos"]).cell()
     else:
         paired = f"{100 * (p['action'] - r['action']):+.1f}"
-    with path.open("a") as f:
-        f.write(
+    add_to_table(
+        path,
+        [
             f"| {row['date']} | {row['label']} | `{' '.join(row['overrides']) or '-'}` | "
             f"`{row['synth'] or 'default'}` | {row.get('on', '-')} | {row['seed']} | "
             f"{row['steps']} | {row['train_min']:.1f} | {_pct(p['action'], n)} | "
             f"{_pct(r['action'], n)} | {paired} | {_pct(p['retrieval'], q)} | "
             f"{_pct(r['retrieval'], q)} | {100 * (p['retrieval'] - r['retrieval']):+.1f} |\n"
-        )
+        ],
+    )
 
 
 def entries(label: str, rows: Sequence[dict[str, Any]], key: str) -> proto.Entry:

@@ -74,6 +74,12 @@ def test_controls_rows_and_the_paired_summary(tmp_path: Path) -> None:
     assert table[2].split(" | ")[1].startswith("+15.0 [")  # 0.65, 0.70, 0.60 against 0.5
     assert table[1].split(" | ")[2].startswith("+25.0 [")  # seed 0 per video: 26 vs 16 of 40
     assert text in out.read_text()
+    append_row(out, _row(3, 0.55, 0.25))  # after a summary: the row still joins the first table
+    lines = out.read_text().splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("|")))
+    end = next(i for i in range(first, len(lines)) if not lines[i].startswith("|"))
+    assert lines[end - 1].startswith("| 2026-12-05 | whole |") and "| 3 |" in lines[end - 1]
+    assert sum(line.startswith("| 2026-12-05 | whole |") for line in lines) == 1
 
 
 def test_parse_defaults() -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from avtime.training.eval.clips import ClipConfig
+from avtime.training.tracking import runs
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ["torch", "torchvision", "torchaudio", "numpy", "pyyaml", "mlflow"]
@@ -135,9 +136,10 @@ def log_embedder(
     from mlflow import MlflowClient
     from mlflow.models import Model
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"embedder {name}"):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    with runs.default_uri(uri), mlflow.start_run(exp_id, run_name=f"embedder {name}"):
         mlflow.log_params({"checkpoint": loaded.checkpoint, "modalities": ",".join(dims)})
         info = Model.log(
             None, name="embedder", flavor=sys.modules[__name__], registered_model_name=name,
@@ -146,7 +148,7 @@ def log_embedder(
     version = getattr(info, "registered_model_version", None)
     model_uri = f"models:/{info.model_id}"
     if alias and version is not None:
-        MlflowClient(tracking_uri=uri).set_registered_model_alias(name, alias, str(version))
+        client.set_registered_model_alias(name, alias, str(version))
         model_uri = f"models:/{name}@{alias}"
     return LoggedEmbedder(
         model_id=str(info.model_id), model_uri=model_uri, version=int(version) if version else None

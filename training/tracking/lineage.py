@@ -18,8 +18,7 @@ import hashlib
 import json
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,20 +271,6 @@ def prune_models(client: Any, experiment_id: str, run_id: str, kept: set[str]) -
     return dropped
 
 
-@contextmanager
-def _default_uri(uri: str) -> Iterator[None]:
-    """MLflow's sqlite registry looks logged models up through the default tracking URI."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    before = getattr(utils, "_tracking_uri", None)  # None: not set (env or default applies)
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]
-
-
 def register(uri: str, model_id: str, run_id: str, name: str, alias: str = DEFAULT_ALIAS) -> str:
     """Register logged model `model_id` as a new version of `name` and point `alias` at it;
     the version."""
@@ -297,7 +282,7 @@ def register(uri: str, model_id: str, run_id: str, name: str, alias: str = DEFAU
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="avtime checkpoints (avtime train)")
-    with _default_uri(uri):
+    with runs.default_uri(uri):
         mv = client.create_model_version(
             name, source=f"{_MODELS_PREFIX}{model_id}", run_id=run_id, model_id=model_id
         )

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -209,7 +209,8 @@ class MlflowLogger:
 
         bound_http_calls()
         self._mlflow, self._spec, self._notify = mlflow, spec, notify
-        mlflow.set_tracking_uri(spec.tracking_uri)
+        self._uri_scope = default_uri(spec.tracking_uri)  # put back at `close`
+        self._uri_scope.__enter__()
         if spec.system_metrics:
             _import_psutil()
             mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
@@ -314,6 +315,7 @@ class MlflowLogger:
                 f"{self._last_step}); the run's end is recorded when the same command runs again"
             )
         shutil.rmtree(self._spool, ignore_errors=True)
+        self._uri_scope.__exit__(None, None, None)
 
 
 def _import_psutil() -> None:
@@ -322,6 +324,23 @@ def _import_psutil() -> None:
         import psutil  # noqa: F401
     except ImportError:
         import ray  # noqa: F401
+
+
+@contextlib.contextmanager
+def default_uri(uri: str) -> Iterator[None]:
+    """Make `uri` MLflow's process-wide tracking URI inside the block, then put back what was
+    there (nothing set means `MLFLOW_TRACKING_URI` or the default applies again), so that a
+    store this process used never outlives its use (a stopped server would answer later
+    `models:/` lookups)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before = getattr(utils, "_tracking_uri", None)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]
 
 
 def tracking_uri(workdir: str | Path | None = None) -> str:
