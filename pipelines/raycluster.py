@@ -1,7 +1,9 @@
 """One way to reach Ray, and a cluster that grows to what a job needs.
 
 `connect(...)` joins the cluster at `RAY_ADDRESS`, or starts a local Ray with a CPU budget (token
-auth off, no dashboard unless asked). Every command and benchmark starts Ray through it.
+auth off, no dashboard unless asked; an asked-for dashboard gets a free port, which the Ray's own
+processes are told, so their state-API calls never mistake another Ray of the machine for
+theirs). Every command and benchmark starts Ray through it.
 
 `grown(bundles, what=...)` is for a cluster that may start empty (a KubeRay RayJob whose worker
 groups have 0 replicas, a cluster launcher with `min_workers: 0`). On a cluster (`RAY_ADDRESS`)

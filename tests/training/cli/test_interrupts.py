@@ -274,12 +274,16 @@ def test_the_mlflow_server_killed_mid_train_then_ctrl_c(data: Path, tmp_path: Pa
     the server dies (SIGKILL to its group), then Ctrl-C to train's group. Train exits 130 in a
     bounded time with one line saying the run stays RUNNING and that a rerun ends it, leaves
     no process and releases its lock. With the server back on the same port and store, the
-    run is still RUNNING; the same command run again resumes it and ends it FINISHED."""
+    run is still RUNNING, with the steps logged before the server died; the same command run
+    again resumes it and ends it FINISHED.
+
+    The server dies and Ctrl-C comes within a poll of the first checkpoint (the lock names
+    the MLflow run), long before the run's last step."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = _env(MLFLOW_TRACKING_URI=uri)
     argv = ["train", "--config", "smoke", "--set", "train.num_workers=1",
-            "--set", "train.steps=60", "--set", "train.checkpoint_every=2",
+            "--set", "train.steps=40", "--set", "train.checkpoint_every=2",
             "--data", str(data / "shards"), "--workdir", str(tmp_path),
             "--experiment", "server-lost", "--name", "lost"]  # fmt: skip
     run_dir = tmp_path / "checkpoints" / "lost"
@@ -287,13 +291,13 @@ def test_the_mlflow_server_killed_mid_train_then_ctrl_c(data: Path, tmp_path: Pa
     with mlflow_server(tmp_path / "mlflow", port) as server:
         print(f"mlflow server up in {time.monotonic() - t0:.0f} s")
         run = Run.start(argv, tmp_path, env, "train")
-        run.wait_for(logging_run(uri, "server-lost"), "train's first logged step")
-        run.wait_for(lambda: (run_dir / "checkpoint_manager_snapshot.json").exists(),
-                     "train's first committed checkpoint")  # fmt: skip
-        (mlflow_run,) = mlflow_runs(uri, "server-lost")
-        run_id = mlflow_run.info.run_id
-        print(f"train logging, first checkpoint committed at {time.monotonic() - t0:.0f} s")
+        committed = run_dir / "checkpoint_manager_snapshot.json"
+        logged = logging_run(uri, "server-lost")
+        run.wait_for(lambda: committed.exists() and logged(), "a checkpoint and logged steps")
+        run_id = json.loads((run_dir / "_avtime" / "lock.json").read_text())["details"]
+        run_id = run_id["mlflow_run"]
         kill_group(server)
+        print(f"first checkpoint committed, server killed at {time.monotonic() - t0:.0f} s")
         result = ctrl_c(run, "train")
     assert result.code == 130, result.err[-3000:]
     assert len(result.ours) == 1, result.err[-3000:]
@@ -309,6 +313,7 @@ def test_the_mlflow_server_killed_mid_train_then_ctrl_c(data: Path, tmp_path: Pa
     with mlflow_server(tmp_path / "mlflow", port):
         client = MlflowClient(tracking_uri=uri)
         assert client.get_run(run_id).info.status == "RUNNING"
+        assert 1 in {m.step for m in client.get_metric_history(run_id, "loss")}
         again = subprocess.run([AVTIME, *argv], cwd=tmp_path, env=env, capture_output=True,
                                text=True, timeout=600)  # fmt: skip
         print(f"server restarted and the rerun done in {time.monotonic() - t0:.0f} s")
