@@ -1,7 +1,9 @@
 """One way to reach Ray, and a cluster that grows to what a job needs.
 
 `connect(...)` joins the cluster at `RAY_ADDRESS`, or starts a local Ray with a CPU budget (token
-auth off, no dashboard unless asked). Every command and benchmark starts Ray through it.
+auth off, no dashboard unless asked; an asked-for dashboard gets a free port, which the Ray's own
+processes are told, so their state-API calls never mistake another Ray of the machine for
+theirs). Every command and benchmark starts Ray through it.
 
 `grown(bundles, what=...)` is for a cluster that may start empty (a KubeRay RayJob whose worker
 groups have 0 replicas, a cluster launcher with `min_workers: 0`). On a cluster (`RAY_ADDRESS`)
@@ -32,6 +34,7 @@ from typing import Any, TextIO
 from avtime.pipelines.errors import EXIT_FAILED, ClusterError, UsageError
 
 TIMEOUT_ENV = "AVTIME_CLUSTER_TIMEOUT_S"
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's state and job clients find the dashboard
 DEFAULT_TIMEOUT_S = 900.0
 POLL_S = 2.0
 REPORT_EVERY_S = 30.0
@@ -76,13 +79,48 @@ def connect(
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(
-        num_cpus=None if num_cpus is None else max(1, math.ceil(num_cpus)),
-        include_dashboard=include_dashboard,
-        log_to_driver=log_to_driver,
-        _system_config=system_config,
-    )
+    dashboard = _own_dashboard() if include_dashboard else {}
+    with _ray_processes_see(dashboard):
+        ray.init(
+            num_cpus=None if num_cpus is None else max(1, math.ceil(num_cpus)),
+            include_dashboard=include_dashboard,
+            log_to_driver=log_to_driver,
+            _system_config=system_config,
+            **dashboard,
+        )
     route_library_logs()  # ray.init may add its own console handlers
+
+
+def _own_dashboard() -> dict[str, Any]:
+    """`ray.init` arguments that put a local Ray's dashboard on a free port of 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return {"dashboard_host": "127.0.0.1", "dashboard_port": port}
+
+
+@contextmanager
+def _ray_processes_see(dashboard: Mapping[str, Any]) -> Iterator[None]:
+    """While a local Ray starts (its processes inherit this environment), `RAY_API_SERVER_ADDRESS`
+    names its dashboard. Ray Train's placement-group cleaner asks the state API whether its
+    controller lives; without an address the state client looks for the one Ray of the machine,
+    and when another Ray runs beside this one it dies with a traceback on the console."""
+    if not dashboard:
+        yield
+        return
+    before = os.environ.get(API_SERVER_ENV)
+    os.environ[API_SERVER_ENV] = (
+        f"http://{dashboard['dashboard_host']}:{dashboard['dashboard_port']}"
+    )
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(API_SERVER_ENV, None)
+        else:
+            os.environ[API_SERVER_ENV] = before
 
 
 def on_cluster() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Any
 
 import pytest
@@ -187,3 +188,21 @@ def test_local_ray_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     with rc.grown([{"CPU": 64.0}], what="avtime train") as have:
         assert have == {"CPU": 2.0}
     assert cluster.requests == []
+
+
+def test_a_local_ray_s_processes_are_told_its_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a local Ray with a dashboard starts, RAY_API_SERVER_ADDRESS names that dashboard
+    (its processes inherit it: Ray Train's placement-group cleaner then asks its own Ray's state
+    API, not "the" Ray of a machine that runs several); this process's value comes back after."""
+    monkeypatch.delenv(rc.API_SERVER_ENV, raising=False)
+    dashboard = rc._own_dashboard()
+    assert dashboard["dashboard_host"] == "127.0.0.1" and dashboard["dashboard_port"] > 0
+    with rc._ray_processes_see(dashboard):
+        assert os.environ[rc.API_SERVER_ENV] == f"http://127.0.0.1:{dashboard['dashboard_port']}"
+    assert rc.API_SERVER_ENV not in os.environ
+    monkeypatch.setenv(rc.API_SERVER_ENV, "http://mine:8265")
+    with pytest.raises(RuntimeError), rc._ray_processes_see(dashboard):
+        raise RuntimeError("ray.init failed")
+    assert os.environ[rc.API_SERVER_ENV] == "http://mine:8265"
+    with rc._ray_processes_see({}):  # no dashboard: nothing to name
+        assert os.environ[rc.API_SERVER_ENV] == "http://mine:8265"

@@ -30,6 +30,7 @@ from typing import Any
 from avtime.pipelines import logs, raycluster, storage
 from avtime.pipelines.config import DataConfig
 from avtime.pipelines.configlib import dump_yaml, flatten
+from avtime.pipelines.errors import Interrupted
 from avtime.pipelines.ingest.lock import DestinationLock
 from avtime.training.config import RunConfig, TrainConfig
 from avtime.training.engine import budget, checkpoint
@@ -411,7 +412,8 @@ def finish_models(
 
 def _fit(trainer: Any, uri: str, run_id: str) -> Any:
     """`trainer.fit()`, ending the MLflow run as KILLED on Ctrl-C or SIGTERM and as FAILED on a
-    crash, so no run is left RUNNING.
+    crash, so no run is left RUNNING; when the server does not answer within
+    `FINISH_DEADLINE_S`, Ctrl-C raises `Interrupted` (exit 130), whose one line says so.
 
     fit() runs in a helper thread, so Ray Train does not install its own SIGINT handler (which
     exits the process without a word); this thread waits, turns SIGTERM into KeyboardInterrupt,
@@ -436,9 +438,12 @@ def _fit(trainer: Any, uri: str, run_id: str) -> Any:
         while worker.is_alive():
             worker.join(0.5)
     except KeyboardInterrupt:
-        if not runs.finish_run(uri, run_id, status="KILLED", deadline_s=FINISH_DEADLINE_S):
-            _say(f"the MLflow run {run_id} stays RUNNING: its server did not answer in time")
-        raise
+        if runs.finish_run(uri, run_id, status="KILLED", deadline_s=FINISH_DEADLINE_S):
+            raise
+        raise Interrupted(  # still exit 130, in one line that says what is left open
+            f"interrupted; the MLflow run {run_id} stays RUNNING (its server did not answer in "
+            f"{FINISH_DEADLINE_S:g} s): run the same command again to end it"
+        ) from None
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

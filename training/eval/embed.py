@@ -366,19 +366,13 @@ def decode_videos(req: EmbedRequest, notify: Callable[[str], None] = print) -> E
 
 def ensure_ray() -> None:
     """Join RAY_ADDRESS, or start a local Ray with at least 4 logical CPUs (the encoder actors
-    and the clip tasks must fit at once on a small machine)."""
+    and the clip tasks must fit at once on a small machine), through `raycluster.connect`, which
+    also keeps Ray's and Ray Data's INFO lines off the console."""
     import os
 
-    import ray
+    from avtime.pipelines import raycluster
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    raycluster.connect(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=raycluster.on_cluster())
 
 
 def embed(
