@@ -32,6 +32,7 @@ def _serve(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def test_a_dead_server_never_blocks_logging_and_the_metrics_arrive_later(tmp_path: Path) -> None:
+    import mlflow
     from mlflow import MlflowClient
 
     port = free_port()
@@ -51,15 +52,20 @@ def test_a_dead_server_never_blocks_logging_and_the_metrics_arrive_later(tmp_pat
         key = logger.begin_checkpoint(11, str(tmp_path / "ck" / "step_11"), {"x": "1"})
         logger.log({"acc_video_speed": 0.5}, 11, model_id=key)
         logger.end_checkpoint(key)
-        assert time.monotonic() - started < 2.0  # nothing waited on the dead server
+        assert (
+            time.monotonic() - started < 10.0
+        )  # nothing waited on the dead server (a hang is minutes)
         deadline = time.monotonic() + 30
         while not said and time.monotonic() < deadline:
             time.sleep(0.2)
         assert said and said[0].startswith(f"MLflow at {uri} is not answering")
         assert "training goes on" in said[0]
         server = _serve(tmp_path, port)
+        before = mlflow.get_tracking_uri()
+        assert before == uri  # the logger's store is the process's while it logs
         logger.close()
         assert any(line.startswith(f"MLflow at {uri} answers again") for line in said)
+        assert mlflow.get_tracking_uri() != uri  # and not after: `models:/` lookups go elsewhere
         client = MlflowClient(tracking_uri=uri)
         history = client.get_metric_history(run_id, "loss")
         assert sorted(m.step for m in history) == list(range(1, 12))
@@ -87,11 +93,11 @@ def test_close_gives_up_in_bounded_time_and_says_so(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(runs, "CLOSE_DEADLINE_S", 3.0)
     started = time.monotonic()
     logger.close(status="KILLED")
-    assert time.monotonic() - started < 10.0
+    assert time.monotonic() - started < 30.0  # a bound, not a speed: without one it hangs
     assert "did not take 1 queued items" in said[-1] and "metrics up to step 7" in said[-1]
     started = time.monotonic()
     assert runs.finish_run(uri, run_id, "KILLED", deadline_s=2.0) is False
-    assert time.monotonic() - started < 4.0
+    assert time.monotonic() - started < 20.0
 
 
 @pytest.mark.unit
@@ -107,4 +113,4 @@ def test_check_tracking_names_the_store(tmp_path: Path) -> None:
     ) as err:
         runs.check_tracking(f"http://u:secret@127.0.0.1:{port}")
     assert "secret" not in str(err.value)
-    assert time.monotonic() - started < 10.0
+    assert time.monotonic() - started < 30.0
