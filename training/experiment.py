@@ -15,7 +15,8 @@ fails:
     heldout_pretext(ckpt, shards)  `avtime eval pretext` -> head accuracies and a->v R@1
     probe(Probe, ckpt)             `avtime eval action --mode linear` (and retrieval, audio,
                                    fingerprint) from one feature extraction -> {protocol: result}
-    probe_against_random(Probe, ckpt)   the same for the checkpoint and for random init -> Contrast
+    probe_against_random(Probe, ckpt)   the same for the checkpoint and for random init, and
+                                   the controls of `Probe.controls` on the same split -> Contrast
 
 `LEARNING_BAR` is the one definition of the learning bar the demo and the bench apply to the
 held-out pretext evaluation.
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from avtime.pipelines.synth.corpus import SynthConfig
     from avtime.pipelines.verify.report import VerifyReport
     from avtime.training.engine.trainer import TrainOutcome, TrainRequest
+    from avtime.training.eval.controls import ControlScore
 
 T = TypeVar("T")
 
@@ -373,7 +375,10 @@ class Probe:
     train and test videos), as `avtime eval <protocol> --dataset folder` would run it.
 
     `protocols` (of PROTOCOLS) share one feature extraction; action and audio are linear
-    probes. Random init is built from preset `config` with `overrides` at `seed`."""
+    probes. Random init is built from preset `config` with `overrides` at `seed`. `controls`
+    (of `training.eval.controls.CONTROLS`, e.g. "still frame") are scored by
+    `probe_against_random` on the same train/test split, decoding in `control_workers`
+    processes."""
 
     root: Path
     cache: Path
@@ -387,21 +392,28 @@ class Probe:
     log: bool = False  # log each protocol as an MLflow eval run
     tracking_uri: str = ""  # "" = MLFLOW_TRACKING_URI or ./mlflow.db
     params: Mapping[str, str] = field(default_factory=dict)  # extra eval-run params
+    controls: tuple[str, ...] = ()
+    control_workers: int = 2
 
     def __post_init__(self) -> None:
+        from avtime.training.eval.controls import CONTROLS
+
         unknown = set(self.protocols) - set(PROTOCOLS)
         if unknown or not self.protocols:
             raise ValueError(f"protocols must be some of {PROTOCOLS}, got {self.protocols}")
+        if set(self.controls) - set(CONTROLS):
+            raise ValueError(f"controls must be some of {CONTROLS}, got {self.controls}")
 
 
 @dataclass(frozen=True)
 class Contrast:
-    """Results of the checkpoint and of random init, {protocol: result}, and the probe's chance
-    (one over the classes)."""
+    """Results of the checkpoint and of random init, {protocol: result}, the probe's chance
+    (one over the classes) and the scores of the Probe's controls ({} without)."""
 
     trained: dict[str, dict[str, Any]]
     random: dict[str, dict[str, Any]]
     chance: float
+    controls: dict[str, ControlScore] = field(default_factory=dict)
 
     def margin(self, protocol: str = "action", key: str = "top1") -> float:
         """Trained minus random init (fractions)."""
@@ -433,9 +445,12 @@ def _context(p: Probe, checkpoint: str) -> Any:
     )
 
 
-def probe(p: Probe, checkpoint: str) -> dict[str, dict[str, Any]]:
+def probe(
+    p: Probe, checkpoint: str, *, extra_metrics: Mapping[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
     """{protocol: result} of `checkpoint` (a folder/URI, models:/..., or "random"); with the
-    action protocol also {ACTION_VIDEOS: {test video source: right}} for paired comparisons."""
+    action protocol also {ACTION_VIDEOS: {test video source: right}} for paired comparisons.
+    `extra_metrics` go, as they are named, into the action protocol's eval run (when logged)."""
     from avtime.training.engine.trainer import ensure_local_ray
     from avtime.training.eval import protocols
     from avtime.training.eval.fingerprint import FingerprintConfig, run_fingerprint
@@ -461,7 +476,9 @@ def probe(p: Probe, checkpoint: str) -> dict[str, dict[str, Any]]:
     for proto, result in out.items():
         print(f"eval {proto} on folder ({checkpoint}): {summary_line(result)}", flush=True)
         if p.log:
-            _log_probe(p, ctx, proto, result)
+            run_id = _log_probe(p, ctx, proto, result)
+            if proto == "action" and extra_metrics:
+                _log_metrics(p, run_id, extra_metrics)
     if right:  # not printed or logged: one entry per test video
         out[ACTION_VIDEOS] = dict(right)
     return out
@@ -496,13 +513,53 @@ def _log_probe(p: Probe, ctx: Any, protocol: str, result: Mapping[str, Any]) -> 
     )  # fmt: skip
 
 
+def _log_metrics(p: Probe, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log `metrics` (step 0) into the finished eval run `run_id`."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from avtime.training.tracking.runs import tracking_uri
+
+    now = int(time.time() * 1000)
+    client = MlflowClient(tracking_uri=p.tracking_uri or tracking_uri())
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def probe_controls(p: Probe) -> dict[str, ControlScore]:
+    """The controls `p.controls` on the probe corpus's train/test split ({} without any);
+    prints their top-1 and how long they took."""
+    from avtime.training.eval.controls import run_controls
+
+    if not p.controls:
+        return {}
+    t0 = time.monotonic()
+    try:
+        scores = run_controls(str(p.root), p.controls, workers=p.control_workers, seed=p.seed)
+    except (ValueError, OSError) as exc:
+        raise StepError(f"controls on {p.root}: {exc}") from exc
+    shown = ", ".join(f"{s.name} top1={s.top1:.4f}" for s in scores.values())
+    n = next(iter(scores.values())).n
+    print(f"controls on folder ({n} test videos): {shown}, in "
+          f"{time.monotonic() - t0:.0f} s", flush=True)  # fmt: skip
+    return scores
+
+
+def control_metrics(scores: Mapping[str, ControlScore]) -> dict[str, float]:
+    """`control_<name>_top1` of each control score (spaces as underscores)."""
+    return {f"control_{s.key}_top1": s.top1 for s in scores.values()}
+
+
 def probe_against_random(p: Probe, checkpoint: str, *, log_random: bool = False) -> Contrast:
     """`probe` of the checkpoint and of random init of the same configuration at the same seed
-    (random init logs an eval run only with `log_random`)."""
-    trained = probe(p, checkpoint)
+    (random init logs an eval run only with `log_random`), and `probe_controls` (their top-1
+    also in the checkpoint's action eval run, as `control_metrics`)."""
+    controls = probe_controls(p)
+    trained = probe(p, checkpoint, extra_metrics=control_metrics(controls))
     random = probe(replace(p, log=p.log and log_random), "random")
     classes = json.loads((p.root / "synth.json").read_text())["classes"]
-    return Contrast(trained=trained, random=random, chance=1.0 / max(1, len(classes)))
+    return Contrast(
+        trained=trained, random=random, chance=1.0 / max(1, len(classes)), controls=controls
+    )
 
 
 # --- embeddings and one search -----------------------------------------------------------------

@@ -6,6 +6,7 @@ Modules (see docs/eval.md):
 - `cache`: decode a dataset through the ingest job into cached shards;
 - `features`: Ray Data feature extraction (clip tasks -> encoder actors);
 - `linear`, `metrics`: logistic-regression probe, R@k and instance retrieval (pure torch);
+- `controls`: what a probe gets from one still frame or the sound level (PyAV, scikit-learn);
 - `protocols` (action linear, retrieval, audio), `finetune`, `fingerprint`: the protocols;
 - `audio_io`: wav decoding. Evaluation runs are logged by `training.tracking.eval_log`.
 Dataset adapters and distortions live in `pipelines.datasets.adapters` and `pipelines.datasets.distortions`.

@@ -1,7 +1,7 @@
 """`avtime demo` end to end, shrunk, as a user runs it (the real `avtime` in its own process):
-synth -> preprocess -> verify -> train -> eval pretext -> the linear probe against random init,
-with quiet output: no Ray, MLflow or torch INFO or warning lines, no worker prefixes, no colour
-codes (those go to DIR/avtime.log)."""
+synth -> preprocess -> verify -> train -> eval pretext -> the linear probe against random init
+and the controls, with quiet output: no Ray, MLflow or torch INFO or warning lines, no worker
+prefixes, no colour codes (those go to DIR/avtime.log)."""
 
 from __future__ import annotations
 
@@ -60,10 +60,19 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     probe = summary["probe"]
     assert probe["chance"] == 0.25 and 0.0 <= probe["trained"] <= 1.0
     assert 0.0 <= probe["random"] <= 1.0
-    assert (
-        f"linear probe on 16 labelled videos (30 % test): trained {100 * probe['trained']:.1f} % "
-        f"against random init {100 * probe['random']:.1f} %"
-    ) in out
+    n = probe["test_videos"]
+    assert n >= 1
+    assert f"linear probe on 16 labelled videos, top-1 on the {n} test videos:" in out
+    assert f"\n  {'trained':<12} {100 * probe['trained']:5.1f} %\n" in out
+    assert f"\n  {'random init':<12} {100 * probe['random']:5.1f} %  (trained " in out
+    # The controls on the same split: a probe on the middle frame, one on the sound level.
+    controls = probe["controls"]
+    assert set(controls) == {"still_frame", "sound_level"}
+    for key, c in controls.items():
+        assert 0.0 <= c["top1"] <= 1.0 and c["n"] == n and c["top1"] == c["k"] / n
+        name = key.replace("_", " ")
+        assert f"\n  {name:<12} {100 * c['top1']:5.1f} %  (trained " in out, name
+    assert "controls on folder" in out
     meta = json.loads((work / "corpus/train/synth.json").read_text())
     assert meta["config"]["world"] == "sand"
 
@@ -99,6 +108,8 @@ def test_demo_puts_everything_under_its_workdir_and_reports_heldout_figures(
     assert ev.data.params["protocol"] == "action" and ev.data.params["mode"] == "linear"
     assert ev.data.params["root"] == str(work / "corpus/probe") and ev.data.params["code_version"]
     assert ev.data.metrics["folder.action-linear.top1"] == pytest.approx(probe["trained"])
+    for key, c in controls.items():  # the controls beside it, as plain metrics
+        assert ev.data.metrics[f"control_{key}_top1"] == pytest.approx(c["top1"])
     # ... and linked to the final checkpoint's logged model, whose page lists the evaluation
     assert ev.data.tags["avtime.model_id"] == summary["model_id"] != ""
     evaluated = client.get_logged_model(summary["model_id"]).metrics

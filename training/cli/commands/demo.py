@@ -4,9 +4,11 @@ synth (a train corpus, a held-out corpus and a labelled probe corpus, all in the
 -> preprocess (with the corpus labels) -> verify -> a contact sheet of training examples
 (`avtime sample`) -> train the `demo` preset -> `eval pretext` on the held-out shards -> the
 linear probe (`eval action --mode linear`) on the probe corpus, for the checkpoint and for random
-init of the same configuration -> `avtime embed` of the held-out shards with the final checkpoint
-and one `avtime search --from audio --to video` with a held-out video as the query. Everything
-goes under DIR:
+init of the same configuration, beside two controls on the same split (a logistic probe on the
+middle frame's pixels, "still frame", and on the soundtrack's level and spectral centroid,
+"sound level"; `training.eval.controls`) -> `avtime embed` of the held-out shards with the
+final checkpoint and one `avtime search --from audio --to video` with a held-out video as the
+query. Everything goes under DIR:
 
     DIR/corpus/{train,heldout,probe}   synthetic mp4s   DIR/shards/{train,heldout}   Arrow shards
     DIR/checkpoints/             training checkpoints   DIR/mlflow.db, DIR/mlartifacts/   MLflow
@@ -20,7 +22,8 @@ same step on its own. Rerunning with the same DIR reuses the corpus and shards a
 The last line is the JSON object of `avtime train`, plus `heldout` (the pretext evaluation),
 `learning_bar` (`training.experiment.LEARNING_BAR`: each head >= chance + 30 points,
 audio->video R@1 >= 5x chance) and `probe`
-(top-1 of the trained model and of random init on the probe corpus's test videos) and `search`
+(top-1 of the trained model and of random init on the probe corpus's test videos, chance, the
+number of test videos, and `controls`: {still_frame, sound_level: {top1, k, n, C}}) and `search`
 (the query, its nearest clips and whether its own video came first).
 """
 
@@ -38,6 +41,12 @@ from typing import Any, TypeVar
 from avtime.training import experiment as exp
 
 T = TypeVar("T")
+# The controls printed beside the probe (`training.eval.controls`; "both" is left to bench).
+CONTROLS = ("still frame", "sound level")
+CONTROL_NOTES = {
+    "still frame": "a probe on the middle frame's pixels",
+    "sound level": "a probe on the soundtrack's level and spectral centroid",
+}
 # The learning bar (each head >= chance + 30 points, a->v R@1 >= 5x chance): one definition,
 # shared with bench.learning.
 LEARNING_BAR = exp.LEARNING_BAR
@@ -142,19 +151,44 @@ def contact_sheet(root: Path, train_shards: Path, cfg: Any, overrides: list[str]
 
 def linear_probe(
     root: Path, checkpoint: str, overrides: list[str], seed: int, uri: str
-) -> dict[str, float]:
-    """Top-1 of the linear probe on the probe corpus: `trained`, `random` (same config) and
-    `chance` (one over the classes); the trained model's probe is logged as an eval run."""
+) -> dict[str, Any]:
+    """Top-1 of the linear probe on the probe corpus: `trained`, `random` (same config),
+    `chance` (one over the classes), `test_videos`, and `controls` ({still_frame, sound_level:
+    {top1, k, n, C}} on the same split). The trained model's probe is logged as an eval run,
+    with the controls' top-1 as `control_<name>_top1` metrics."""
     p = exp.Probe(
         root=root / "corpus" / "probe", cache=root / "eval_cache", config="demo",
-        overrides=tuple(overrides), seed=seed, log=True, tracking_uri=uri,
+        overrides=tuple(overrides), seed=seed, log=True, tracking_uri=uri, controls=CONTROLS,
     )  # fmt: skip
     contrast = exp.probe_against_random(p, checkpoint)
     return {
         "trained": float(contrast.trained["action"]["top1"]),
         "random": float(contrast.random["action"]["top1"]),
         "chance": contrast.chance,
+        "test_videos": int(contrast.trained["action"]["test_videos"]),
+        "controls": {s.key: s.summary() for s in contrast.controls.values()},
     }
+
+
+def probe_lines(probe: dict[str, Any], videos: int) -> list[str]:
+    """The probe's closing block: top-1 of the trained model, random init, the controls (each
+    with the trained model's margin over it) and chance, aligned."""
+    trained, n = probe["trained"], probe["test_videos"]
+
+    def row(name: str, top1: float, note: str = "") -> str:
+        return f"  {name:<12} {100 * top1:5.1f} %" + (f"  ({note})" if note else "")
+
+    def over(top1: float) -> str:
+        return f"trained {100 * (trained - top1):+.1f} points"
+
+    lines = [f"linear probe on {videos} labelled videos, top-1 on the {n} test videos:"]
+    lines += [row("trained", trained), row("random init", probe["random"], over(probe["random"]))]
+    for name in CONTROLS:
+        c = probe["controls"].get(name.replace(" ", "_"))
+        if c is not None:
+            other = f"; {c['n']} test videos" if c["n"] != n else ""
+            lines.append(row(name, c["top1"], f"{over(c['top1'])}; {CONTROL_NOTES[name]}{other}"))
+    return [*lines, row("chance", probe["chance"])]
 
 
 def embed_and_search(root: Path, checkpoint: str, run_name: str, shards: Path) -> dict[str, Any]:
@@ -214,12 +248,8 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], sheet: Path) -> N
     for line in LEARNING_BAR.report(summary["heldout"]):
         print(line)
     if "probe" in summary:
-        p = summary["probe"]
-        print(
-            f"linear probe on {args.probe_videos} labelled videos (30 % test): trained "
-            f"{100 * p['trained']:.1f} % against random init {100 * p['random']:.1f} % "
-            f"({100 * (p['trained'] - p['random']):+.1f} points; chance {100 * p['chance']:.0f} %)"
-        )
+        for line in probe_lines(summary["probe"], args.probe_videos):
+            print(line)
     s = summary["search"]
     first = "came first" if s["self_first"] else "did not come first"
     print(f"audio->video search of the held-out clips with {Path(s['query']).name}: its own "
