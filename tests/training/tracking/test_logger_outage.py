@@ -84,11 +84,13 @@ def test_close_gives_up_in_bounded_time_and_says_so(tmp_path: Path, monkeypatch)
     uri = f"http://127.0.0.1:{port}"
     server = _serve(tmp_path, port)
     said: list[str] = []
-    run_id = runs.open_run(uri=uri, experiment="outage", run_name="r", params={})
-    logger = runs.MlflowLogger(
-        runs.TrackingSpec(tracking_uri=uri, run_id=run_id, system_metrics=False), said.append
-    )
-    _kill(server)
+    try:  # the server's group goes even when starting the run fails
+        run_id = runs.open_run(uri=uri, experiment="outage", run_name="r", params={})
+        logger = runs.MlflowLogger(
+            runs.TrackingSpec(tracking_uri=uri, run_id=run_id, system_metrics=False), said.append
+        )
+    finally:
+        _kill(server)
     logger.log({"loss": 1.0}, 7)
     monkeypatch.setattr(runs, "CLOSE_DEADLINE_S", 3.0)
     started = time.monotonic()
