@@ -139,7 +139,8 @@ def log_embedder(
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-    with runs.default_uri(uri), mlflow.start_run(exp_id, run_name=f"embedder {name}"):
+    run_name = f"embedder {name}"
+    with runs.default_uri(uri), mlflow.start_run(experiment_id=exp_id, run_name=run_name):
         mlflow.log_params({"checkpoint": loaded.checkpoint, "modalities": ",".join(dims)})
         info = Model.log(
             None, name="embedder", flavor=sys.modules[__name__], registered_model_name=name,
