@@ -4,12 +4,27 @@ Ray cluster per test module."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.servers import MlflowServer, S3Server, start_mlflow, start_s3
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored() -> Iterator[None]:
+    """MLflow's process-wide tracking URI as it was before each test: a test that sets it (to a
+    store it then deletes or stops) must not send a later test's `models:/` lookups there."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    before = getattr(utils, "_tracking_uri", None)
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and getattr(utils, "_tracking_uri", None) != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -225,7 +225,7 @@ def test_pyfunc_model_loads_by_alias_and_predicts_embed_rows(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logged = log_embedder(loaded, clip, dims, name="avtime-embedder", alias="prod", uri=uri)
     assert logged.model_uri == "models:/avtime-embedder@prod" and logged.version == 1
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model(logged.model_uri)
     inputs = {i.name for i in model.metadata.get_input_schema().inputs}
     assert inputs == {"video", "audio"}
@@ -262,7 +262,7 @@ def test_embed_register_option_logs_a_loadable_model(
     assert rc == 0, err
     assert "3 of 3 parts were already written" in out
     assert "models:/avtime-cli@candidate" in out
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model("models:/avtime-cli@candidate")
     outputs = {o.name for o in model.metadata.get_output_schema().inputs}
     assert outputs == {"video", "audio"}
