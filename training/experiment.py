@@ -476,16 +476,21 @@ def probe(
     for proto, result in out.items():
         print(f"eval {proto} on folder ({checkpoint}): {summary_line(result)}", flush=True)
         if p.log:
-            run_id = _log_probe(p, ctx, proto, result)
-            if proto == "action" and extra_metrics:
-                _log_metrics(p, run_id, extra_metrics)
+            _log_probe(p, ctx, proto, result, extra_metrics if proto == "action" else None)
     if right:  # not printed or logged: one entry per test video
         out[ACTION_VIDEOS] = dict(right)
     return out
 
 
-def _log_probe(p: Probe, ctx: Any, protocol: str, result: Mapping[str, Any]) -> str:
-    """One MLflow eval run, as `avtime eval` logs it (training.tracking.eval_log)."""
+def _log_probe(
+    p: Probe,
+    ctx: Any,
+    protocol: str,
+    result: Mapping[str, Any],
+    extra_metrics: Mapping[str, float] | None = None,
+) -> str:
+    """One MLflow eval run, as `avtime eval` logs it (training.tracking.eval_log), with
+    `extra_metrics` as they are named."""
     import torch
 
     from avtime.training.tracking import lineage
@@ -509,20 +514,8 @@ def _log_probe(p: Probe, ctx: Any, protocol: str, result: Mapping[str, Any]) -> 
         protocol=protocol, dataset="folder", params={**params, **p.params}, result=result,
         parent_run_id=loaded.parent_run_id, prefix=metric_prefix(protocol, "folder", None, mode),
         uri=uri, model_id=model_id, data=lineage.eval_dataset(ctx.listing, None),
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device="cuda" if torch.cuda.is_available() else "cpu", extra_metrics=extra_metrics,
     )  # fmt: skip
-
-
-def _log_metrics(p: Probe, run_id: str, metrics: Mapping[str, float]) -> None:
-    """Log `metrics` (step 0) into the finished eval run `run_id`."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    from avtime.training.tracking.runs import tracking_uri
-
-    now = int(time.time() * 1000)
-    client = MlflowClient(tracking_uri=p.tracking_uri or tracking_uri())
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 def probe_controls(p: Probe) -> dict[str, ControlScore]:

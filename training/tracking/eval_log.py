@@ -121,11 +121,13 @@ def log_eval(
     data: lineage.DatasetRef | None = None,
     device: str = "cpu",
     experiment: str | None = None,
+    extra_metrics: Mapping[str, float] | None = None,
 ) -> str:
     """Create the eval run and log its params, `prefix`-ed metrics and linking tags; the
-    metrics are linked to logged model `model_id` and evaluation set `data` when given. The run
-    goes to the training run's experiment when that run is in the store, else to `experiment`
-    (default `avtime`)."""
+    metrics are linked to logged model `model_id` and evaluation set `data` when given, while
+    `extra_metrics` (figures of the same split that are not the model's, such as the probe's
+    controls) go in as they are named, unlinked. The run goes to the training run's experiment
+    when that run is in the store, else to `experiment` (default `avtime`)."""
     from mlflow import MlflowClient
     from mlflow.entities import LoggedModelInput, Metric, Param
 
@@ -156,6 +158,7 @@ def log_eval(
     if data is not None:
         link |= {"dataset_name": data.name, "dataset_digest": data.digest}
     metrics = [Metric(k, v, now, 0, **link) for k, v in metric_items(result, prefix).items()]
+    metrics += [Metric(k, float(v), now, 0) for k, v in (extra_metrics or {}).items()]
     items = sorted(runs.safe_params(params).items())
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in items])
     client.set_terminated(run_id)

@@ -209,12 +209,13 @@ class MlflowLogger:
 
         bound_http_calls()
         self._mlflow, self._spec, self._notify = mlflow, spec, notify
-        self._uri_scope = default_uri(spec.tracking_uri)  # put back at `close`
-        self._uri_scope.__enter__()
-        if spec.system_metrics:
-            _import_psutil()
-            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-        self._run = mlflow.start_run(run_id=spec.run_id, log_system_metrics=spec.system_metrics)
+        with contextlib.ExitStack() as scope:  # the tracking URI, put back at `close` (or now)
+            scope.enter_context(default_uri(spec.tracking_uri))
+            if spec.system_metrics:
+                _import_psutil()
+                mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+            self._run = mlflow.start_run(run_id=spec.run_id, log_system_metrics=spec.system_metrics)
+            self._uri_scope = scope.pop_all()
         self._client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
         self._models: dict[str, str] = {}  # begin_checkpoint's key -> logged model id
         self._spool = Path(tempfile.mkdtemp(prefix="avtime-mlflow-"))
@@ -315,7 +316,7 @@ class MlflowLogger:
                 f"{self._last_step}); the run's end is recorded when the same command runs again"
             )
         shutil.rmtree(self._spool, ignore_errors=True)
-        self._uri_scope.__exit__(None, None, None)
+        self._uri_scope.close()
 
 
 def _import_psutil() -> None:
